@@ -1,0 +1,159 @@
+"""The ``distill`` command line.
+
+Exit codes: 0 ok, 2 bad usage or configuration, 1 runtime failure. Errors are
+one paragraph on stderr; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2."""
+
+
+def _fmt_millions(n: float) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
+    """Print ``rows`` as an aligned text table; ``columns`` is (key, header)."""
+    cells = [[str(r.get(k, "")) for k, _ in columns] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
+    print("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+
+
+# --------------------------------------------------------------------------- models / profile
+def _student_row(name: str, **kwargs: Any) -> dict[str, Any]:
+    from students import STUDENTS
+    from distill.profile import profile
+
+    entry = STUDENTS.get(name)
+    net = entry.build(**kwargs)
+    size = int(getattr(net, "input_size", 224))
+    cost = profile(net, size)
+    head = getattr(net, "head", None)
+    out = getattr(head, "embedding_dim", None) or getattr(head, "num_classes", None)
+    return {"kind": "student", "name": name, "params": cost.params, "mult_adds": cost.mult_adds,
+            "input_size": size, "output_dim": out, "description": entry.description}
+
+
+def _teacher_rows() -> list[dict[str, Any]]:
+    try:
+        from teachers import TEACHERS, describe_teacher
+    except ImportError:  # teachers package not populated yet
+        return []
+    return [describe_teacher(entry) for entry in TEACHERS]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from students import STUDENTS
+
+    rows = [_student_row(e.name) for e in STUDENTS] + _teacher_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        r["params_h"], r["mult_adds_h"] = _fmt_millions(r["params"]), _fmt_millions(r["mult_adds"])
+    print_table(rows, [("kind", "kind"), ("name", "name"), ("params_h", "params"), ("mult_adds_h", "mult-adds"),
+                       ("input_size", "input"), ("output_dim", "dim"), ("preprocessing", "preprocessing"),
+                       ("description", "description")])
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from students import STUDENTS
+
+    if args.name not in STUDENTS:
+        raise UsageError(_unknown(STUDENTS, args.name))
+    kwargs: dict[str, Any] = {}
+    if args.alpha is not None:
+        kwargs["alpha"] = args.alpha
+    if args.input_size is not None:
+        kwargs["input_size"] = args.input_size
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if args.embedding_dim is not None:
+        kwargs["embedding_dim"] = args.embedding_dim
+    try:
+        row = _student_row(args.name, **kwargs)
+    except TypeError as e:
+        raise UsageError(f"{args.name} does not take one of the options given: {e}") from None
+    row["alpha"] = args.alpha
+    if args.json:
+        print(json.dumps([row], indent=2))
+    else:
+        print(f"{row['name']}: {row['params']:,} params ({_fmt_millions(row['params'])}), "
+              f"{row['mult_adds']:,} mult-adds ({_fmt_millions(row['mult_adds'])}) at {row['input_size']}x"
+              f"{row['input_size']}, output dim {row['output_dim']}")
+    return 0
+
+
+def _unknown(registry: Any, name: str) -> str:
+    try:
+        registry.get(name)
+    except KeyError as e:
+        return str(e)
+    return ""
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Distil a large face-embedding teacher into a MobileNet student, "
+                    "evaluate both, and report accuracy against cost.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("models", help="list registered students and teachers with params and mult-adds",
+                       description="List every registered student and teacher with its parameter count and "
+                                   "mult-adds at its default input size.")
+    p.add_argument("--json", action="store_true", help="machine-readable output (a list of objects)")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("profile", help="params and mult-adds of one student configuration",
+                       description="Parameters and mult-adds of one student configuration: the paper's "
+                                   "cost planning (width multiplier alpha, resolution = input size).")
+    p.add_argument("name", help="registered student name (see `distill models`)")
+    p.add_argument("--alpha", type=float, help="width multiplier (MobileNet students)")
+    p.add_argument("--input-size", type=int, help="input resolution in pixels")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--embedding-dim", type=int, help="embedding head output dimension")
+    head.add_argument("--num-classes", type=int, help="classifier head (e.g. 1000 for the paper's tables)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"distill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear paragraph instead of a traceback
+        if args.debug:
+            raise
+        print(f"distill: error: {type(e).__name__}: {e}\n(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What a teacher is.
+
+A teacher embeds a batch of aligned faces into ``(B, D)`` vectors, under
+``torch.no_grad()`` and always in eval mode, and declares everything needed
+to feed it correctly: input size, pixel normalisation and alignment template
+(one :class:`~distill.preprocess.Preprocessing`), embedding dimension, and
+whether its embeddings are L2-normalised.
+
+Example: a custom teacher from any module or callable::
+
+    from teachers import CallableTeacher
+    from distill.preprocess import Preprocessing
+
+    teacher = CallableTeacher(
+        my_net,                      # (B,3,S,S) normalised float -> (B,D)
+        name="my_arcface",
+        preprocessing=Preprocessing(112, mean=(127.5,) * 3, std=(127.5,) * 3, alignment="arcface_112"),
+        embedding_dim=512,
+        normalized=True,
+    )
+    emb = teacher.embed(faces_uint8)  # (B,112,112,3) or any size: resized by its preprocessing
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from distill.preprocess import Preprocessing
+
+
+class Teacher(nn.Module):
+    """Base class of every teacher. Subclasses implement :meth:`forward` on preprocessed input."""
+
+    name: str = "teacher"
+    preprocessing: Preprocessing
+    embedding_dim: int
+    normalized: bool
+
+    def __init__(self, *, name: str, preprocessing: Preprocessing, embedding_dim: int, normalized: bool) -> None:
+        super().__init__()
+        self.name = name
+        self.preprocessing = preprocessing
+        self.embedding_dim = embedding_dim
+        self.normalized = normalized
+
+    # A teacher never trains: a surrounding module's .train() must not switch on
+    # dropout or batch-norm updates (FaceNet's Dropout(0.6) would ruin targets).
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)
+
+    @torch.no_grad()
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned faces (uint8/float 0..255, NHWC or NCHW, any size) -> (B, D) float32 embeddings."""
+        self.eval()
+        out = self(self.preprocessing(faces))
+        return out.float()
+
+    def weights_fingerprint(self) -> str:
+        """Hash of the weights (cache keys must change when weights change)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """Name + weights + preprocessing: what a cache of this teacher's outputs is keyed by."""
+        return f"{self.name}-{self.weights_fingerprint()}-{self.preprocessing.fingerprint()}"
+
+
+class CallableTeacher(Teacher):
+    """Wrap any ``nn.Module`` or callable that maps preprocessed (B,3,S,S) input to (B,D)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, name: str, preprocessing: Preprocessing,
+                 embedding_dim: int, normalized: bool) -> None:
+        super().__init__(name=name, preprocessing=preprocessing, embedding_dim=embedding_dim, normalized=normalized)
+        self.fn = fn  # registered as a submodule when it is an nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def weights_fingerprint(self) -> str:
+        if isinstance(self.fn, nn.Module):
+            return super().weights_fingerprint()
+        return hashlib.sha256(repr(self.fn).encode()).hexdigest()[:16]
