@@ -1,0 +1,89 @@
+"""Deterministic augmented views of aligned faces.
+
+A *view* of aligned face ``i`` is a pure function of ``(seed, i, view_id)``, so
+a cached teacher embedding of view ``(i, v)`` always matches the pixels the
+student sees for ``(i, v)``, and a resumed run replays exactly the same views.
+
+Example::
+
+    views = FaceViews(aligned_uint8, augment=build_augmentation(cfg.data.augment), seed=0)
+    face, i, v = views[(12, 3)]            # uint8 (S, S, 3) tensor, 12, 3
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+#: an augmentation: (uint8 HWC image, seed) -> uint8 HWC image of the same size
+Augment = Callable[[np.ndarray, int], np.ndarray]
+
+
+def view_seed(seed: int, index: int, view_id: int) -> int:
+    """A 32-bit seed that depends on all three numbers (stable across processes and platforms)."""
+    digest = hashlib.blake2b(f"{seed}:{index}:{view_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+class FaceViews(Dataset):
+    """Aligned faces ``(N, S, S, 3)`` uint8 (a memmap is fine) -> augmented views keyed by ``(index, view_id)``.
+
+    ``view_id`` 0 with ``clean_view0=True`` is the un-augmented face.
+    """
+
+    def __init__(self, faces: np.ndarray, augment: Augment | None = None, seed: int = 0,
+                 indices: Sequence[int] | None = None, clean_view0: bool = False) -> None:
+        if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
+            raise ValueError(f"expected uint8 faces (N,S,S,3), got {faces.dtype} {faces.shape}")
+        self.faces, self.augment, self.seed, self.clean_view0 = faces, augment, seed, clean_view0
+        self.indices = np.arange(len(faces)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def view(self, index: int, view_id: int) -> np.ndarray:
+        """View ``view_id`` of face ``index`` (an index into ``faces``, not into ``indices``)."""
+        face = np.asarray(self.faces[index])
+        if self.augment is None or (self.clean_view0 and view_id == 0):
+            return face
+        return self.augment(face, view_seed(self.seed, int(index), int(view_id)))
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        pos, view_id = key
+        index = int(self.indices[pos])
+        return torch.from_numpy(np.ascontiguousarray(self.view(index, view_id))), index, int(view_id)
+
+
+class EpochViewSampler(Sampler):
+    """Yields ``(position, view_id)`` keys for one epoch: a seeded shuffle of positions.
+
+    ``view_id`` is ``epoch`` (online teacher: a fresh view every epoch) or
+    ``epoch % num_views`` (cached teacher: one of K precomputed views). With
+    ``num_replicas > 1`` each rank gets a disjoint, equal-sized shard.
+    """
+
+    def __init__(self, length: int, *, seed: int = 0, num_views: int | None = None, shuffle: bool = True,
+                 rank: int = 0, num_replicas: int = 1, drop_last: bool = True) -> None:
+        self.length, self.seed, self.num_views, self.shuffle = length, seed, num_views, shuffle
+        self.rank, self.num_replicas, self.drop_last = rank, num_replicas, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def positions(self) -> np.ndarray:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
+                 else np.arange(self.length))
+        per_rank = len(order) // self.num_replicas
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[Any]:
+        view_id = self.epoch if self.num_views is None else self.epoch % self.num_views
+        for pos in self.positions():
+            yield (int(pos), view_id)
+
+    def __len__(self) -> int:
+        return self.length // self.num_replicas
