@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
@@ -103,7 +104,61 @@ def _unknown(registry: Any, name: str) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- run / eval / cache / report
+def _load(args: argparse.Namespace):
+    from distill.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set or [])
+        if getattr(args, "out", None):
+            cfg.out = args.out
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distill import pipeline
+
+    cfg = _load(args)
+    if args.dry_run:
+        print(pipeline.format_plan(pipeline.plan(cfg)))
+        return 0
+    pipeline.run(cfg, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from distill import pipeline
+
+    pipeline.cache_teacher(_load(args))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from distill import pipeline
+
+    cfg = _load(args)
+    pipeline.evaluate(cfg, checkpoints=args.checkpoint or [], include_teacher=not args.no_teacher,
+                      overwrite=args.overwrite)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from distill import pipeline
+
+    pipeline.compare(args.run_dirs, args.out)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (see configs/ and the README's config reference)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable; validated like the file)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: the config's `out`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill",
@@ -131,6 +186,41 @@ def build_parser() -> argparse.ArgumentParser:
     head.add_argument("--num-classes", type=int, help="classifier head (e.g. 1000 for the paper's tables)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("run", help="distil a teacher into a student end to end (data, train, eval, report)",
+                       description="Run the whole pipeline a config describes: prepare data (generate or scan, "
+                                   "split identity-disjoint, align with a cache), build teacher and student, "
+                                   "distil, evaluate both, and write report.json/.md/.html into the run directory.")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (teacher, student, data sizes, costs, outputs) and exit without training")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate the teacher and student checkpoints on the config's data",
+                       description="Evaluate the config's teacher and any student checkpoints (student.pt files "
+                                   "written by `distill run`) on the config's evaluation pairs; writes reports.")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", action="append", type=Path, metavar="FILE",
+                   help="student checkpoint to evaluate (repeatable)")
+    p.add_argument("--no-teacher", action="store_true", help="skip the teacher")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("cache-teacher", help="build the cached teacher embeddings on their own (resumable)",
+                       description="Compute the teacher's embeddings of K augmented views per training image "
+                                   "once (train.cache_views), so runs with train.teacher_mode=cached and "
+                                   "width/resolution sweeps pay for the teacher once. Resumable.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_cache_teacher)
+
+    p = sub.add_parser("report", help="compare finished runs in one page (accuracy vs mult-adds)",
+                       description="Read report.json of each run directory and write a comparison "
+                                   "(compare.json/.md/.html with the accuracy-versus-mult-adds plot).")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -138,9 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    from distill.config import ConfigError
+    from distill.preprocess import AlignmentMismatchError
+    from distill.rundir import RunDirError
+
     try:
         return func(args)
-    except UsageError as e:
+    except (UsageError, ConfigError, RunDirError, AlignmentMismatchError) as e:
         if args.debug:
             raise
         print(f"distill: error: {e}", file=sys.stderr)

@@ -14,6 +14,9 @@ Example::
 from __future__ import annotations
 
 import difflib
+import os
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -63,8 +66,8 @@ class DataSettings(Section):
     holdout_fraction: Optional[float] = Field(None, gt=0, lt=1, description=(
         "alternatively hold out this seeded fraction of identities"))
     max_train_images: Optional[int] = Field(None, ge=1, description="cap the training set (quick runs)")
-    alignment: Literal[ALIGNMENTS] = Field("dlib_150", description=(  # type: ignore[valid-type]
-        "face alignment template; must equal the teacher's"))
+    alignment: Optional[Literal[ALIGNMENTS]] = Field(None, description=(  # type: ignore[valid-type]
+        "face alignment template; default: the one the teacher declares (anything else is an error)"))
     align_backend: Literal["dlib", "mtcnn", "none"] = Field("dlib", description=(
         "landmark detector for alignment; 'none' = images are already aligned crops"))
     no_face: Literal["center", "skip"] = Field("center", description=(
@@ -128,13 +131,38 @@ class TrainSettings(Section):
 
 
 # --------------------------------------------------------------------------- evaluation / output
+class PairsSpec(Section):
+    file: Path = Field(description="pairs file in the LFW format (View 1 or View 2)")
+    name: Optional[str] = Field(None, description="protocol name in reports (default: the file name)")
+    only_people_in: Optional[Path] = Field(None, description=(
+        "keep only pairs whose people all appear in this pairs file (e.g. View 2 restricted to DevTest people)"))
+    teacher_only: bool = Field(False, description=(
+        "evaluate the teacher alone (the pairs may share people with the training set)"))
+
+    @property
+    def label(self) -> str:
+        return self.name or self.file.stem
+
+
 class EvalSettings(Section):
-    pairs: list[Path] = Field(default_factory=list, description=(
-        "pairs files to evaluate on (LFW format); synthetic data brings its own"))
+    pairs: list[PairsSpec] = Field(default_factory=list, description=(
+        "pairs protocols to evaluate on: a path, or {file, name, only_people_in, teacher_only}; "
+        "synthetic data brings its own"))
+    images_root: Optional[Path] = Field(None, description="where pairs' images live (default: data.root)")
+    download_lfw: bool = Field(False, description=(
+        "when LFW (pairs files + images_root) is missing and the machine is online, download it from the "
+        "official archive (checksums verified) into the pairs files' folder"))
     flip_tta: bool = Field(False, description="average the embedding of the image and its mirror")
     identification: bool = Field(True, description="1:N gallery/probe identification with FAISS")
     latency: bool = Field(True, description="measure CPU latency (batch 1 and 32)")
     batch_size: int = Field(128, ge=1)
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _paths_are_specs(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"file": item} if isinstance(item, (str, Path)) else item for item in v]
+        return v
 
 
 class Config(Section):
@@ -235,6 +263,32 @@ def check_names(cfg: Config, source: str) -> None:
                               f"Registered: {', '.join(registry.names())}.")
 
 
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML document.
+
+    This is how shipped configs point at data and weights that live elsewhere
+    (e.g. ``root: ${FACEDISTILL_LFW:-../shared/data/lfw}/lfw-deepfunneled``).
+    """
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            env = os.environ.get(m.group(1))
+            if env is not None and env != "":
+                return env
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ConfigError(f"environment variable {m.group(1)} is not set (used as ${{{m.group(1)}}} "
+                              f"in the config); set it or use ${{{m.group(1)}:-default}}")
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read ``path`` (YAML) or start from defaults, apply ``--set`` overrides, validate."""
     doc: Any = {}
@@ -254,8 +308,52 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(doc, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         doc = apply_overrides(doc, overrides)
-    return validate(doc, source)
+    return validate(expand_env(doc), source)
 
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _type_name(ann: Any) -> str:
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Literal:
+        return " \\| ".join(repr(a) for a in args)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if ann is type(None):
+        return "null"
+    return getattr(ann, "__name__", str(ann))
+
+
+def reference_markdown(model: type[BaseModel] = Config, prefix: str = "") -> str:
+    """The config reference (README section), generated from the settings classes so it cannot drift."""
+    rows: list[str] = []
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        key = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            nested.append((key, ann))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, Path):
+            default = str(default)
+        limits = ", ".join(f"{sym} {getattr(m, attr)}" for m in field.metadata
+                           for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+                           if getattr(m, attr, None) is not None)
+        desc = (field.description or "") + (f" ({limits})" if limits else "")
+        rows.append(f"| `{key}` | {_type_name(field.annotation)} | `{default!r}` | {desc} |")
+    text = ""
+    if rows:
+        title = prefix.rstrip(".") or "top level"
+        text += f"\n**{title}**\n\n| key | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    for key, sub in nested:
+        text += reference_markdown(sub, f"{key}.")
+    return text
+
+
+if __name__ == "__main__":  # python -m distill.config > the README's config reference
+    print(reference_markdown())
