@@ -245,7 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one clear paragraph instead of a traceback
         if args.debug:
             raise
-        print(f"distill: error: {type(e).__name__}: {e}\n(run with --debug for the traceback)", file=sys.stderr)
+        # our own errors carry a full message; name the type only for unexpected ones
+        ours = type(e).__module__.split(".")[0] in ("distill", "teachers", "students")
+        text = str(e) if ours else f"{type(e).__name__}: {e}"
+        print(f"distill: error: {text}\n(run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -36,7 +36,7 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------- data
 class SyntheticSettings(Section):
-    identities: int = Field(120, ge=2, description="number of synthetic identities")
+    identities: int = Field(120, ge=4, description="number of synthetic identities (>= 2 on each side of the split)")
     images_per_identity: int = Field(8, ge=2, description="images drawn per identity")
     size: int = Field(250, ge=64, le=1024, description="side of each generated image (LFW-like framing)")
     seed: int = Field(0, description="generator seed: same seed, same bytes")

