@@ -60,30 +60,58 @@ class FaceViews(Dataset):
 class EpochViewSampler(Sampler):
     """Yields ``(position, view_id)`` keys for one epoch: a seeded shuffle of positions.
 
-    ``view_id`` is ``epoch`` (online teacher: a fresh view every epoch) or
-    ``epoch % num_views`` (cached teacher: one of K precomputed views). With
-    ``num_replicas > 1`` each rank gets a disjoint, equal-sized shard.
+    Views: ``num_views=None`` (online teacher) gives ``view_id = epoch``, a fresh
+    view every epoch. With K cached views, sample ``p`` gets
+    ``(epoch + offset[p]) % K`` with a seeded per-sample offset: every image
+    still cycles through all K views once per K epochs (full coverage, unlike
+    independent random draws, which leave ~(1-1/K)^K of views unseen per cycle),
+    while one batch mixes different views instead of all showing view ``epoch % K``.
+
+    Sharding: with ``num_replicas > 1`` rank ``r`` takes every ``num_replicas``-th
+    position of the epoch order starting at ``r`` (equal-sized, disjoint), so the
+    ranks' ``k``-th batches together are exactly the single-process ``k``-th global batch.
+
+    ``set_start(n)`` skips this rank's first ``n`` keys of the epoch (mid-epoch resume).
+
+    Example::
+
+        sampler = EpochViewSampler(len(views), seed=0, num_views=4)
+        sampler.set_epoch(3)
+        keys = list(sampler)          # [(pos, view_id), ...]
     """
 
     def __init__(self, length: int, *, seed: int = 0, num_views: int | None = None, shuffle: bool = True,
                  rank: int = 0, num_replicas: int = 1, drop_last: bool = True) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.length, self.seed, self.num_views, self.shuffle = length, seed, num_views, shuffle
         self.rank, self.num_replicas, self.drop_last = rank, num_replicas, drop_last
         self.epoch = 0
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = int(start)
 
     def positions(self) -> np.ndarray:
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
         per_rank = len(order) // self.num_replicas
-        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order[self.rank::self.num_replicas][:per_rank]
+
+    def view_ids(self, positions: np.ndarray) -> np.ndarray:
+        if self.num_views is None:
+            return np.full(len(positions), self.epoch, dtype=np.int64)
+        offset = np.random.default_rng([self.seed, 7919]).integers(0, self.num_views, size=self.length)
+        return (self.epoch + offset[positions]) % self.num_views
 
     def __iter__(self) -> Iterator[Any]:
-        view_id = self.epoch if self.num_views is None else self.epoch % self.num_views
-        for pos in self.positions():
-            yield (int(pos), view_id)
+        pos = self.positions()[self.start:]
+        for p, v in zip(pos.tolist(), self.view_ids(pos).tolist()):
+            yield (int(p), int(v))
 
     def __len__(self) -> int:
-        return self.length // self.num_replicas
+        return max(0, self.length // self.num_replicas - self.start)

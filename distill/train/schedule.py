@@ -1,0 +1,51 @@
+"""Optimizer and learning-rate schedule from TrainSettings: AdamW or SGD, linear warmup then cosine to 0.
+
+Example::
+
+    opt = build_optimizer(params, cfg.train)
+    sched = build_scheduler(opt, cfg.train, total_steps=epochs * steps_per_epoch)
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from distill.config import TrainSettings
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov momentum); weight decay on every trainable tensor except 1-d (BN, biases)."""
+    params = [p for p in params if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": settings.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=settings.lr)
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base lr at ``step``: linear warmup to 1, then half-cosine to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Picklable-free schedule callable for LambdaLR (state is just the step, kept by LambdaLR)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.warmup_steps, self.total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int) -> LambdaLR:
+    warmup = min(settings.warmup_steps, max(0, total_steps // 2))  # short runs: never warm up the whole run
+    return LambdaLR(optimizer, WarmupCosine(warmup, total_steps))

@@ -1,0 +1,294 @@
+"""Teacher embeddings of K fixed augmented views per image, computed once and memory-mapped.
+
+Layout of ``cache_dir/<key>/``::
+
+    manifest.json        the key fields (teacher fingerprint, augmentation recipe, seed, data fingerprint,
+                         K, N, D) -- a stale cache is one whose manifest differs
+    embeddings.f32       float32 (N, K, D), row n = view position n of the FaceViews
+    index.npy            face index of each row (FaceViews.indices)
+    chunks/<c>.done      chunk c (positions c*chunk .. ) written and flushed (atomic marker files)
+    complete.json        written last: sha256 of embeddings.f32; without it the cache is incomplete
+
+Opening verifies the manifest, the file size, the ``complete`` marker, the checksum
+and that no row is NaN/inf; anything wrong is reported and rebuilt, never used.
+Building is resumable (done chunks are kept) and, under DDP, sharded over ranks.
+
+Example::
+
+    cache = build_teacher_cache(teacher, views, num_views=4, cache_dir=".cache/facedistill/teacher")
+    targets = cache.get(indices, view_ids)           # (B, D) float32 tensor
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from distill.data.views import FaceViews
+from distill.io import atomic_write, atomic_write_bytes, atomic_write_json
+
+from . import ddp
+
+FORMAT_VERSION = 1
+
+
+class CacheError(RuntimeError):
+    """The cache on disk cannot be used (stale, incomplete or corrupt); the message says why."""
+
+
+def recipe_fingerprint(augment: Any) -> str:
+    """Augmentation identity: ``augment.fingerprint()``/``.recipe`` when offered, else its qualified name + repr."""
+    if augment is None:
+        return "none"
+    for attr in ("fingerprint", "recipe"):
+        value = getattr(augment, attr, None)
+        if value is not None:
+            return str(value() if callable(value) else value)
+    if hasattr(augment, "__qualname__"):  # a plain function: its repr holds a memory address
+        return f"{augment.__module__}.{augment.__qualname__}"
+    return repr(augment)
+
+
+def data_fingerprint(views: FaceViews) -> str:
+    """sha256 over the aligned faces (all bytes; ~1 s per GB) and the selected indices."""
+    h = hashlib.sha256()
+    h.update(str(tuple(views.faces.shape)).encode())
+    h.update(np.ascontiguousarray(views.indices).tobytes())
+    faces = views.faces
+    step = max(1, (64 << 20) // max(1, int(np.prod(faces.shape[1:]))))
+    for i in range(0, len(faces), step):
+        h.update(np.ascontiguousarray(faces[i:i + step]).tobytes())
+    return h.hexdigest()[:20]
+
+
+def cache_key(teacher_fingerprint: str, views: FaceViews, num_views: int, data_fp: str | None = None) -> dict:
+    return {"format": FORMAT_VERSION, "teacher": teacher_fingerprint, "augment": recipe_fingerprint(views.augment),
+            "seed": int(views.seed), "clean_view0": bool(views.clean_view0),
+            "data": data_fp or data_fingerprint(views), "num_views": int(num_views), "n": len(views)}
+
+
+def _key_dir(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{key['teacher'].split('-')[0]}-{digest}"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class TeacherCache:
+    """Read side of a complete cache: ``get(indices, view_ids) -> (B, D)`` float32 tensor.
+
+    ``indices`` are face indices (what FaceViews returns as ``index``), ``view_ids`` in ``0..K-1``.
+    """
+
+    path: Path
+    key: dict
+    embeddings: np.ndarray  # (N, K, D) read-only memmap
+    face_index: np.ndarray  # (N,) face index of each row
+
+    def __post_init__(self) -> None:
+        self._row = np.full(int(self.face_index.max()) + 1 if len(self.face_index) else 0, -1, dtype=np.int64)
+        self._row[self.face_index] = np.arange(len(self.face_index))
+
+    @property
+    def num_views(self) -> int:
+        return self.embeddings.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[2]
+
+    def get(self, indices: torch.Tensor | np.ndarray, view_ids: torch.Tensor | np.ndarray) -> torch.Tensor:
+        idx = np.asarray(indices, dtype=np.int64)
+        views = np.asarray(view_ids, dtype=np.int64)
+        if idx.size and (idx.max() >= len(self._row) or (rows := self._row[idx]).min() < 0):
+            raise KeyError(f"face index not in the teacher cache {self.path} (built for other data?)")
+        if views.size and (views.min() < 0 or views.max() >= self.num_views):
+            raise KeyError(f"view id outside 0..{self.num_views - 1} for cache {self.path}")
+        if not idx.size:
+            return torch.empty(0, self.dim)
+        return torch.from_numpy(np.ascontiguousarray(self.embeddings[rows, views]))
+
+    def targets(self, faces: torch.Tensor, indices: torch.Tensor, view_ids: torch.Tensor) -> torch.Tensor:
+        """The trainer's teacher-source interface (faces unused: the work was done at build time)."""
+        return self.get(indices, view_ids)
+
+    def matches(self, views: FaceViews) -> bool:
+        return len(views) == len(self.face_index) and np.array_equal(np.asarray(views.indices), self.face_index)
+
+
+def open_cache(path: Path, key: dict) -> TeacherCache:
+    """Open and verify a complete cache directory, or raise :class:`CacheError` saying what is wrong."""
+    manifest_path, data_path, done_path = path / "manifest.json", path / "embeddings.f32", path / "complete.json"
+    if not manifest_path.exists():
+        raise CacheError(f"{manifest_path} is missing")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("key") != key:
+        diff = sorted(k for k in set(key) | set(manifest.get("key", {}))
+                      if key.get(k) != manifest.get("key", {}).get(k))
+        raise CacheError(f"{path} is stale: key fields differ ({', '.join(diff)})")
+    if not done_path.exists():
+        raise CacheError(f"{path} is incomplete: no complete.json marker")
+    n, k, d = manifest["shape"]
+    expected = n * k * d * 4
+    if not data_path.exists() or data_path.stat().st_size != expected:
+        size = data_path.stat().st_size if data_path.exists() else 0
+        raise CacheError(f"{data_path} has {size} bytes, expected {expected} (truncated?)")
+    complete = json.loads(done_path.read_text())
+    if complete.get("sha256") != _sha256_file(data_path):
+        raise CacheError(f"{data_path} does not match the checksum in {done_path} (corrupt)")
+    emb = np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, k, d))
+    bad = ~np.isfinite(emb).all(axis=2)
+    if bad.any():
+        raise CacheError(f"{data_path}: {int(bad.sum())} non-finite rows")
+    return TeacherCache(path=path, key=key, embeddings=emb, face_index=np.load(path / "index.npy"))
+
+
+def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.ndarray,
+          compute: Callable[[np.ndarray, int], np.ndarray], chunk: int, desc: str) -> TeacherCache:
+    """Create/resume the cache at ``path``; ``compute(positions, view_id) -> (len, D)`` fills one block."""
+    dist = ddp.current()
+    n, k, d = shape
+    data_path, chunk_dir = path / "embeddings.f32", path / "chunks"
+    if dist.is_main:
+        manifest_path = path / "manifest.json"
+        fresh = not manifest_path.exists() or json.loads(manifest_path.read_text()).get("key") != key
+        if (fresh or not data_path.exists() or data_path.stat().st_size != n * k * d * 4) and path.exists():
+            shutil.rmtree(path)
+        if not path.exists():
+            path.mkdir(parents=True)
+            chunk_dir.mkdir()
+            atomic_write(path / "index.npy", lambda f: np.save(f, face_index))
+            with open(data_path, "wb") as f:
+                f.truncate(n * k * d * 4)
+            atomic_write_json(manifest_path, {"key": key, "shape": [n, k, d], "chunk": chunk})
+    ddp.barrier()
+    num_chunks = (n + chunk - 1) // chunk
+    mine = [c for c in range(num_chunks) if c % dist.world_size == dist.rank]
+    done = [c for c in mine if (chunk_dir / f"{c}.done").exists()]
+    if done:  # a resumed build re-checks what earlier runs marked done
+        emb = np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, k, d))
+        for c in done:
+            if not np.isfinite(emb[c * chunk:(c + 1) * chunk]).all():
+                (chunk_dir / f"{c}.done").unlink()
+        del emb
+    todo = [c for c in mine if not (chunk_dir / f"{c}.done").exists()]
+    if todo:
+        emb = np.memmap(data_path, dtype=np.float32, mode="r+", shape=(n, k, d))
+        bar = tqdm(total=len(mine) * k, initial=(len(mine) - len(todo)) * k, desc=desc, unit="batch",
+                   disable=not dist.is_main)
+        for c in todo:
+            pos = np.arange(c * chunk, min(n, (c + 1) * chunk))
+            for v in range(k):
+                out = compute(pos, v)
+                if out.shape != (len(pos), d):
+                    raise ValueError(f"teacher returned {out.shape} for a block of {len(pos)}, expected ({len(pos)}, {d})")
+                if not np.isfinite(out).all():
+                    raise CacheError(f"teacher produced non-finite embeddings for positions {pos[0]}..{pos[-1]}, "
+                                     f"view {v}; check the teacher weights and inputs")
+                emb[pos, v] = out
+                bar.update(1)
+            emb.flush()
+            atomic_write_bytes(chunk_dir / f"{c}.done", b"")
+        bar.close()
+        del emb
+    ddp.barrier()
+    if dist.is_main:
+        missing = [c for c in range(num_chunks) if not (chunk_dir / f"{c}.done").exists()]
+        if missing:
+            raise CacheError(f"{path}: chunks {missing[:5]} were not written")
+        atomic_write_json(path / "complete.json", {"sha256": _sha256_file(data_path)})
+    ddp.barrier()
+    return open_cache(path, key)
+
+
+def _open_or_reset(path: Path, key: dict, log: Callable[[str], None]) -> TeacherCache | None:
+    if not (path / "complete.json").exists():
+        return None  # absent or being (re)built: resume
+    try:
+        return open_cache(path, key)
+    except CacheError as e:
+        log(f"teacher cache unusable, rebuilding: {e}")
+        if ddp.current().is_main:
+            (path / "complete.json").unlink(missing_ok=True)
+            shutil.rmtree(path / "chunks", ignore_errors=True)
+            (path / "chunks").mkdir(exist_ok=True)
+        ddp.barrier()
+        return None
+
+
+def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_dir: str | Path,
+                        batch_size: int = 64, *, precision: str = "fp32", data_fp: str | None = None,
+                        log: Callable[[str], None] = print) -> TeacherCache:
+    """Embed views ``0..num_views-1`` of every face in ``views`` with ``teacher`` once; reuse when valid.
+
+    Args:
+        teacher: anything with ``.embed(uint8 NHWC) -> (B, D)``, ``.fingerprint()`` and ``.embedding_dim``.
+        views: the FaceViews the student will train on (same augmentation, seed and faces).
+        precision: "bf16" runs the teacher under bf16 autocast (the embeddings are stored as float32).
+        data_fp: a known fingerprint of the aligned faces (skips hashing them).
+
+    Example::
+
+        cache = build_teacher_cache(teacher, views, 4, cfg.data.cache_dir / "teacher", precision="bf16")
+    """
+    key = cache_key(teacher.fingerprint(), views, num_views, data_fp)
+    path = _key_dir(Path(cache_dir), key)
+    cache = _open_or_reset(path, key, log)
+    if cache is not None:
+        return cache
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu")) if hasattr(teacher, "parameters") \
+        else torch.device("cpu")
+
+    def compute(pos: np.ndarray, view_id: int) -> np.ndarray:
+        faces = torch.stack([views[(int(p), view_id)][0] for p in pos]).to(device)
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with ctx:
+            return teacher.embed(faces).float().cpu().numpy()
+
+    return _fill(path, key, (len(views), num_views, int(teacher.embedding_dim)), np.asarray(views.indices),
+                 compute, batch_size, f"teacher cache ({teacher.name}, K={num_views})")
+
+
+def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, dim: int, views: FaceViews,
+                       cache_dir: str | Path, batch_size: int = 1024, *, data_fp: str | None = None,
+                       log: Callable[[str], None] = print) -> TeacherCache:
+    """K=1 cache from precomputed embeddings: ``lookup(face_indices) -> (B, D)`` fills view 0.
+
+    A precomputed teacher embedded the *un-augmented* faces, so ``views`` must have
+    ``clean_view0=True`` (the student then trains on view 0 = the clean face).
+
+    Example::
+
+        cache = build_lookup_cache(lambda idx: pre.lookup([paths[i] for i in idx]), pre.fingerprint(),
+                                   pre.embedding_dim, views, cache_dir)
+    """
+    if views.augment is not None and not views.clean_view0:
+        raise ValueError("precomputed embeddings are of clean faces: build FaceViews(..., clean_view0=True)")
+    key = cache_key(fingerprint, views, 1, data_fp)
+    path = _key_dir(Path(cache_dir), key)
+    cache = _open_or_reset(path, key, log)
+    if cache is not None:
+        return cache
+    face_index = np.asarray(views.indices)
+
+    def compute(pos: np.ndarray, view_id: int) -> np.ndarray:
+        out = lookup(face_index[pos])
+        return (out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor)
+                else np.asarray(out, dtype=np.float32))
+
+    return _fill(path, key, (len(views), 1, dim), face_index, compute, batch_size, "teacher cache (lookup)")
