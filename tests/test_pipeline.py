@@ -1,0 +1,148 @@
+"""`distill` end to end, as a user runs it: CLI help, dry-run, fail-fast, a tiny real run, eval, report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.cli import build_parser
+from distill.pipeline import load_student
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "data.synthetic.identities=8", "--set", "data.synthetic.images_per_identity=4",
+        "--set", "student.name=mobilenet_v1_025", "--set", "student.input_size=64", "--set", "train.epochs=2",
+        "--set", "train.batch_size=8", "--set", "train.max_minutes=null", "--set", "train.warmup_steps=2",
+        "--set", "train.cache_views=2", "--set", "eval.latency=false"]
+
+
+def distill_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_help_lists_every_subcommand() -> None:
+    res = distill_cli("--help")
+    assert res.returncode == 0
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in commands:
+        assert name in res.stdout
+        sub = distill_cli(name, "--help")
+        assert sub.returncode == 0 and "usage: distill " + name in sub.stdout
+    assert {"run", "eval", "cache-teacher", "report", "models", "profile"} <= set(commands)
+
+
+def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
+    res = distill_cli("run", "configs/quickstart.yaml", "--dry-run", "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "teacher  dlib_resnet: 150px dlib_150, 128-D raw" in out
+    assert "student  mobilenet_v1_050: 112px" in out and "38.8M mult-adds" in out
+    assert "7.0x fewer than the teacher" in out
+    assert str(tmp_path / "r" / "report.html") in out
+    assert not (tmp_path / "r").exists(), "a dry run must not create the run directory"
+
+
+def test_facenet_config_offline_fails_fast_naming_what_is_missing(tmp_path: Path) -> None:
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "FACEDISTILL_FACES": str(tmp_path / "nofaces"),
+           "FACEDISTILL_LFW": str(tmp_path / "nolfw")}
+    res = distill_cli("run", "configs/facenet_to_mobilenet.yaml", "--out", str(tmp_path / "r"), env=env)
+    assert res.returncode == 1
+    err = res.stderr
+    assert "20180402-114759-vggface2.pt" in err and "teacher.weights" in err
+    assert f"data.root {tmp_path / 'nofaces'}" in err
+    assert "pairs.txt" in err
+    assert "configs/quickstart.yaml" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r").exists(), "nothing may be computed or written before the artifacts exist"
+
+
+def test_alignment_mismatch_is_a_config_error(tmp_path: Path) -> None:
+    res = distill_cli("run", "configs/quickstart.yaml", "--set", "data.alignment=facenet_160", "--out",
+                      str(tmp_path / "r"))
+    assert res.returncode == 2
+    assert "data.alignment is 'facenet_160' but teacher 'dlib_resnet' expects" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("tiny")
+    out = base / "run"
+    res = distill_cli("run", "configs/quickstart.yaml", *TINY, "--set", f"data.cache_dir={base / 'cache'}",
+                      "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "report:" in res.stdout and "teacher  dlib_resnet" in res.stdout
+    return out
+
+
+def test_run_writes_everything_a_user_reads(tiny_run: Path) -> None:
+    for name in ("report.json", "report.md", "report.html", "student.pt", "config.yaml", "versions.json",
+                 "data_record.json", "metrics.csv", "checkpoints/last.pt", "split/split.json"):
+        assert (tiny_run / name).is_file(), name
+    report = json.loads((tiny_run / "report.json").read_text())
+    roles = {m["role"]: m for m in report["models"]}
+    assert set(roles) == {"teacher", "student"}
+    for m in roles.values():
+        for key in ("name", "params", "mult_adds", "input_size", "protocols"):
+            assert key in m
+        proto = m["protocols"]["synthetic-test"]
+        assert 0.0 <= proto["accuracy_mean"] <= 1.0 and "tar_at_far" in proto and "eer" in proto
+    assert roles["teacher"]["protocols"]["synthetic-test"]["accuracy_mean"] > 0.75
+    assert roles["student"]["fidelity"]["mean"] is not None
+    split = json.loads((tiny_run / "split" / "split.json").read_text())
+    assert split, "the identity-disjoint split is recorded"
+
+
+def test_saved_student_reloads_and_matches(tiny_run: Path) -> None:
+    student, spec, pre, state = load_student(tiny_run / "student.pt")
+    assert spec.name == "mobilenet_v1_025" and pre.input_size == 64 and pre.alignment == "dlib_150"
+    x = torch.randn(2, 3, 64, 64)
+    ckpt = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    ref = spec.build()
+    ref.load_state_dict(ckpt["student"])
+    ref.eval()
+    torch.testing.assert_close(student(x), ref(x))
+
+
+def test_existing_run_dir_is_never_overwritten(tiny_run: Path) -> None:
+    before = (tiny_run / "report.json").read_bytes()
+    res = distill_cli("run", "configs/quickstart.yaml", *TINY, "--out", str(tiny_run))
+    assert res.returncode == 2 and "--resume" in res.stderr and "--overwrite" in res.stderr
+    assert (tiny_run / "report.json").read_bytes() == before
+
+
+def test_eval_and_report_commands(tiny_run: Path, tmp_path: Path) -> None:
+    cache = tiny_run.parent / "cache"
+    res = distill_cli("eval", "configs/quickstart.yaml", *TINY, "--set", f"data.cache_dir={cache}",
+                      "--checkpoint", str(tiny_run / "student.pt"), "--out", str(tmp_path / "ev"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ev = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert [m["role"] for m in ev["models"]] == ["teacher", "student"]
+    run_student = next(m for m in json.loads((tiny_run / "report.json").read_text())["models"]
+                       if m["role"] == "student")
+    eval_student = ev["models"][1]
+    assert eval_student["protocols"]["synthetic-test"]["accuracy_mean"] == pytest.approx(
+        run_student["protocols"]["synthetic-test"]["accuracy_mean"], abs=1e-6)
+    res = distill_cli("report", str(tiny_run), str(tmp_path / "ev"), "--out", str(tmp_path / "cmp"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "cmp").is_dir() and any((tmp_path / "cmp").glob("*.html"))
+
+
+def test_eval_refuses_a_non_student_file(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.pt"
+    torch.save({"hello": torch.zeros(1)}, bogus)
+    res = distill_cli("eval", "configs/quickstart.yaml", "--checkpoint", str(bogus), "--out", str(tmp_path / "e"))
+    assert res.returncode == 1 and "not a facedistill student checkpoint" in res.stderr
+
+
+@pytest.mark.slow
+def test_custom_pair_example_runs(tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "examples/custom_pair.py", "--out", str(tmp_path / "cp"),
+                          "--minutes", "0.2"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "student accuracy:" in res.stdout
+    assert (tmp_path / "cp" / "report.html").is_file()
