@@ -5,6 +5,7 @@ MobileNet teacher, the real MobileNet student at alpha 0.25.
 """
 from __future__ import annotations
 
+import csv
 import copy
 import os
 import subprocess
@@ -253,3 +254,21 @@ def test_sampler_shards_views_and_start() -> None:
         for p, v in s:
             seen.setdefault(p, set()).add(v)
     assert all(v == {0, 1, 2, 3} for v in seen.values())
+
+
+def test_time_budget_fits_the_cosine_decay(tmp_path: Path) -> None:
+    """With far more epochs than the budget allows, the lr decays to zero inside the budget."""
+    views = FaceViews(orl_faces(4, 4), seed=0)  # 16 faces -> 2 steps per epoch at batch 8
+    logs: list[str] = []
+    res = fit(tiny_student(), Preprocessing(48), tiny_teacher(), views, DistillLoss(student_dim=16, teacher_dim=32),
+              settings(epochs=100_000, max_minutes=0.15, warmup_steps=2), tmp_path, progress=False, log=logs.append)
+    assert res.stopped == "time_budget" and 35 <= res.steps < 200_000
+    fitted = [m for m in logs if "the learning-rate schedule now decays to zero at step" in m]
+    assert len(fitted) == 1
+    horizon = int(fitted[0].rsplit("step ", 1)[1])
+    # it stops where the fitted schedule ends (or a few steps earlier when the wall clock wins)
+    assert 0.8 * horizon <= res.steps <= horizon
+    state = safe_torch_load(res.last_checkpoint)
+    assert state["scheduler"]["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": horizon, "fitted": True}
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert float(rows[-1]["lr"]) < 0.05 * float(max(r["lr"] for r in rows))

@@ -41,6 +41,7 @@ class WarmupCosine:
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
+        self.fitted = False  # True once total_steps was fitted to a wall-time budget (saved in state_dict)
 
     def __call__(self, step: int) -> float:
         return lr_factor(step, self.warmup_steps, self.total_steps)

@@ -282,6 +282,12 @@ def fit(student: nn.Module, student_preprocessing: Preprocessing, teacher_source
     budget_s = settings.max_minutes * 60 if settings.max_minutes else math.inf
     t0 = time.monotonic()
     start_step, stopped, last_loss = step, "finished", float("nan")
+    # With a wall-time budget shorter than the epochs, the cosine decay is fitted into the budget:
+    # the step time is measured once (steps 5..35 of this process) and the horizon is kept in the
+    # scheduler state, so a resumed run follows the same schedule.
+    horizon = scheduler.lr_lambdas[0]
+    calib = (start_step + 5, start_step + 35) if budget_s < math.inf and not horizon.fitted else None
+    t_calib = 0.0
     bar = tqdm(total=total_steps, initial=step, desc="distill", unit="step", disable=not (progress and env.is_main),
                dynamic_ncols=True)
     model.train()
@@ -331,6 +337,19 @@ def fit(student: nn.Module, student_preprocessing: Preprocessing, teacher_source
             step += 1
             step_in_epoch += 1
             bar.update(1)
+            if calib is not None and step == calib[0]:
+                t_calib = time.monotonic()
+            elif calib is not None and step == calib[1]:
+                per_step = (time.monotonic() - t_calib) / (calib[1] - calib[0])
+                left = budget_s - (elapsed_before + time.monotonic() - t0)
+                fitted = int(ddp.broadcast_object(min(total_steps, step + int(0.97 * left / per_step))))
+                if fitted < total_steps:
+                    horizon.total_steps, horizon.fitted = fitted, True
+                    if env.is_main:
+                        log(f"time budget: {settings.epochs} epochs ({total_steps} steps) do not fit in "
+                            f"{settings.max_minutes} min at {per_step:.2f} s/step; the learning-rate schedule "
+                            f"now decays to zero at step {fitted}")
+                calib = None
             end_of_epoch = step_in_epoch >= steps_per_epoch
             if step % log_every == 0 or end_of_epoch or step == total_steps:
                 last_loss = float(ddp.all_reduce_mean(batch_loss.detach().float()))
@@ -355,7 +374,9 @@ def fit(student: nn.Module, student_preprocessing: Preprocessing, teacher_source
                 step_in_epoch = 0
             if step % settings.checkpoint_every == 0:
                 checkpoint()
-            if ddp.any_rank(elapsed_before + time.monotonic() - t0 >= budget_s, device) and step < total_steps:
+            out_of_time = elapsed_before + time.monotonic() - t0 >= budget_s or (
+                horizon.fitted and step >= horizon.total_steps)
+            if ddp.any_rank(out_of_time, device) and step < total_steps:
                 stopped = "time_budget"
                 if env.is_main:
                     log(f"time budget of {settings.max_minutes} min reached at step {step}/{total_steps}; "
