@@ -1,0 +1,228 @@
+"""Alignment-template geometry: where a face's landmarks go in each template, and the crop itself.
+
+* ``dlib_150``: dlib's ``get_face_chip_details(shape, size=150, padding=0.25)`` chip.
+* ``facenet_160``: detection box + margin 14 (output pixels), resized to 160 (facenet_pytorch's ``extract_face``).
+* ``arcface_112``: least-squares similarity from 5 points to the standard ArcFace 112x112 template.
+
+Two landmark conventions exist (dlib's eye corners + nose base, MTCNN's eye centres, nose tip and
+mouth corners); the constants below, measured on LFW, convert between them.
+
+Example::
+
+    from distill.data.templates import Face, crop_face
+    chip = crop_face(img, Face("mtcnn5", points, box), "dlib_150")   # (150, 150, 3) uint8
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+TEMPLATE_SIZE: dict[str, int] = {"dlib_150": 150, "facenet_160": 160, "arcface_112": 112}
+DLIB_PADDING = 0.25
+FACENET_MARGIN = 14
+
+#: standard ArcFace 112x112 positions of (left eye, right eye, nose tip, left and right mouth corner),
+#: "left" meaning the image's left; the same order as MTCNN's landmarks.
+ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                        [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+
+# Where MTCNN's five landmarks fall, on average, inside dlib's own 150x150 chips (padding 0.25),
+# and MTCNN's box (centre x, centre y, width, height) in the same chip frame. Derived with
+# `python -m benchmarks.alignment derive --n 400 --seed 0`: 400 seeded LFW deep-funneled images,
+# 398 where dlib and MTCNN found the same face; each MTCNN point/box mapped through dlib's chip
+# transform (from its 5-point shape), then averaged. Per-point std 2-6 px (eyes 2-3, mouth 5-6).
+MTCNN_IN_DLIB150 = np.array([[47.874, 46.070], [102.305, 46.131], [75.075, 78.111],
+                             [50.664, 105.868], [98.606, 105.950]], dtype=np.float64)
+MTCNN_BOX_IN_DLIB150 = np.array([72.357, 64.368, 121.302, 161.432], dtype=np.float64)
+# Centre fallback with LFW-like framing: mean MTCNN landmarks and box (x1, y1, x2, y2) as fractions
+# of the side of the image's centred square, from the same run (LFW images are 250x250).
+LFW_MTCNN_POINTS = np.array([[0.41918, 0.45380], [0.58826, 0.44991], [0.50615, 0.55041],
+                             [0.43217, 0.63887], [0.58131, 0.63548]], dtype=np.float64)
+LFW_MTCNN_BOX = np.array([0.30829, 0.25973, 0.68456, 0.76021], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in image coordinates.
+
+    ``kind`` names the landmark convention: ``"dlib5"`` (dlib: outer/inner corners of the
+    image-right eye, then of the image-left eye, then the base of the nose) or ``"mtcnn5"``
+    (image-left eye, image-right eye, nose tip, left and right mouth corner).
+    """
+
+    kind: Literal["dlib5", "mtcnn5"]
+    points: np.ndarray  # (5, 2) float x, y
+    box: np.ndarray     # (4,) x1, y1, x2, y2
+    score: float = 1.0
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` onto ``dst``.
+
+    Umeyama's closed form; returns a 2x3 matrix ``M`` with ``dst ~ M @ [x, y, 1]``.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.T @ s0 / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rot = u @ np.diag(d) @ vt
+    var_s = (s0 ** 2).sum() / len(src)
+    scale = (sig * d).sum() / var_s
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
+def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    pts = np.asarray(pts, np.float64).reshape(-1, 2)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(m, np.float64))
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Affine ``outer(inner(x))``."""
+    a = np.vstack([outer, [0, 0, 1]]) @ np.vstack([inner, [0, 0, 1]])
+    return a[:2]
+
+
+def _dlib_shape(face: Face) -> Any:
+    import dlib
+
+    x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+    parts = [dlib.point(int(round(x)), int(round(y))) for x, y in face.points]
+    return dlib.full_object_detection(dlib.rectangle(x1, y1, x2, y2), parts)
+
+
+def dlib_chip_matrix(face: Face, size: int = 150, padding: float = DLIB_PADDING) -> np.ndarray:
+    """Image -> chip affine of ``dlib.get_face_chip_details(shape, size, padding)`` (dlib5 faces).
+
+    Same mapping as dlib's ``get_mapping_to_chip``: the chip rectangle rotated by ``angle`` about
+    its centre, its corners sent to the chip's corners.
+    """
+    import dlib
+
+    d = dlib.get_face_chip_details(_dlib_shape(face), size=size, padding=padding)
+    r = d.rect
+    c = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
+    ca, sa = math.cos(d.angle), math.sin(d.angle)
+    rot = np.array([[ca, -sa], [sa, ca]])
+    corners = np.array([[r.left(), r.top()], [r.right(), r.top()], [r.right(), r.bottom()]])
+    src = (corners - c) @ rot.T + c
+    dst = np.array([[0, 0], [d.cols - 1, 0], [d.cols - 1, d.rows - 1]], np.float64)
+    return cv2.getAffineTransform(src.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
+
+
+def template_matrix(face: Face, template: str) -> np.ndarray:
+    """Image -> chip affine for the warp templates (``dlib_150``, ``arcface_112``)."""
+    if template == "dlib_150":
+        if face.kind == "dlib5":
+            return dlib_chip_matrix(face)
+        return similarity_transform(face.points, MTCNN_IN_DLIB150)
+    if template == "arcface_112":
+        if face.kind == "mtcnn5":
+            return similarity_transform(face.points, ARCFACE_112)
+        # dlib points -> dlib chip -> (where MTCNN landmarks sit in that chip) -> ArcFace template
+        return compose(similarity_transform(MTCNN_IN_DLIB150, ARCFACE_112), dlib_chip_matrix(face))
+    raise ValueError(f"{template!r} is not a warp template")
+
+
+def facenet_box(face: Face) -> np.ndarray:
+    """The MTCNN-style detection box (x1, y1, x2, y2) for ``facenet_160``."""
+    if face.kind == "mtcnn5":
+        return np.asarray(face.box, np.float64)
+    # dlib: MTCNN's mean box in the dlib chip frame, mapped back to the image (axis-aligned)
+    m = dlib_chip_matrix(face)
+    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))  # chip px per image px
+    cx, cy = apply_affine(invert_affine(m), MTCNN_BOX_IN_DLIB150[:2])[0]
+    w, h = MTCNN_BOX_IN_DLIB150[2:] / scale
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _facenet_crop_box(box: np.ndarray, shape: tuple[int, ...], size: int, margin: int) -> tuple[int, int, int, int]:
+    """The pixel rectangle ``facenet_pytorch.extract_face`` crops: margin in output pixels, int, clipped."""
+    h, w = shape[:2]
+    mx = margin * (box[2] - box[0]) / (size - margin)
+    my = margin * (box[3] - box[1]) / (size - margin)
+    x1, y1 = int(max(box[0] - mx / 2, 0)), int(max(box[1] - my / 2, 0))
+    x2, y2 = int(min(box[2] + mx / 2, w)), int(min(box[3] + my / 2, h))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        raise ValueError(f"face box {np.round(box, 1).tolist()} is outside the {w}x{h} image")
+    return x1, y1, x2, y2
+
+
+def chip_matrix(face: Face, template: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Image -> chip affine of ``template`` for ``face`` in an image of ``shape`` (for mapping points).
+
+    For ``facenet_160`` this is the (possibly anisotropic) crop-and-resize of the box.
+    """
+    if template != "facenet_160":
+        return template_matrix(face, template)
+    size = TEMPLATE_SIZE[template]
+    x1, y1, x2, y2 = _facenet_crop_box(facenet_box(face), shape, size, FACENET_MARGIN)
+    sx, sy = size / (x2 - x1), size / (y2 - y1)
+    return np.array([[sx, 0, -x1 * sx], [0, sy, -y1 * sy]], np.float64)
+
+
+def warp(img: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear affine warp to ``size x size`` (black outside the image), pre-shrinking big images."""
+    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    if scale < 0.5:  # strong downscale: shrink first (area filter) so bilinear does not alias
+        k = int(1 / scale)
+        h, w = img.shape[:2]
+        small = cv2.resize(img, (max(1, round(w / k)), max(1, round(h / k))), interpolation=cv2.INTER_AREA)
+        fx, fy = w / small.shape[1], h / small.shape[0]
+        m = compose(m, np.array([[fx, 0, 0], [0, fy, 0]], np.float64))
+        img = small
+    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(0, 0, 0))
+
+
+def extract_box(img: np.ndarray, box: np.ndarray, size: int = 160, margin: int = FACENET_MARGIN) -> np.ndarray:
+    """``facenet_pytorch.extract_face`` semantics on a numpy image: margin in output pixels, clipped box,
+    area resize (non-square boxes are stretched, as there)."""
+    x1, y1, x2, y2 = _facenet_crop_box(box, img.shape, size, margin)
+    return cv2.resize(img[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def crop_face(img: np.ndarray, face: Face, template: str) -> np.ndarray:
+    """Aligned uint8 ``(S, S, 3)`` crop of ``face`` in ``template``."""
+    size = TEMPLATE_SIZE[template]
+    if template == "facenet_160":
+        return extract_box(img, facenet_box(face), size)
+    if template == "dlib_150" and face.kind == "dlib5":
+        import dlib  # dlib's own chip extraction, pixel for pixel
+
+        return np.ascontiguousarray(dlib.get_face_chip(img, _dlib_shape(face), size=size, padding=DLIB_PADDING))
+    return warp(img, template_matrix(face, template), size)
+
+
+def center_face(shape: tuple[int, ...]) -> Face:
+    """The no-face fallback: LFW's mean face placed in the image's centred square."""
+    h, w = shape[:2]
+    side = min(h, w)
+    off = np.array([(w - side) / 2, (h - side) / 2])
+    return Face("mtcnn5", LFW_MTCNN_POINTS * side + off, LFW_MTCNN_BOX * side + np.tile(off, 2), 0.0)
+
+
+def select_face(boxes: np.ndarray, shape: tuple[int, ...]) -> int:
+    """Index of the face to keep: the largest box containing the image centre, else the nearest one."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cy, cx = shape[0] / 2, shape[1] / 2
+    inside = (boxes[:, 0] <= cx) & (cx <= boxes[:, 2]) & (boxes[:, 1] <= cy) & (cy <= boxes[:, 3])
+    if inside.any():
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        return int(np.argmax(np.where(inside, area, -np.inf)))
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return int(np.argmin(((centres - [cx, cy]) ** 2).sum(1)))
