@@ -155,7 +155,20 @@ def open_cache(path: Path, key: dict) -> TeacherCache:
     bad = ~np.isfinite(emb).all(axis=2)
     if bad.any():
         raise CacheError(f"{data_path}: {int(bad.sum())} non-finite rows")
-    return TeacherCache(path=path, key=key, embeddings=emb, face_index=np.load(path / "index.npy"))
+    try:  # never unpickled: a tampered index (object array) is refused like a corrupt one
+        face_index = np.load(path / "index.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{path / 'index.npy'} is unreadable ({e})") from None
+    if face_index.shape != (n,):
+        raise CacheError(f"{path / 'index.npy'} has shape {face_index.shape}, expected ({n},)")
+    return TeacherCache(path=path, key=key, embeddings=emb, face_index=face_index)
+
+
+def _index_matches(path: Path, face_index: np.ndarray) -> bool:
+    try:
+        return np.array_equal(np.load(path, allow_pickle=False), face_index)
+    except (OSError, ValueError):
+        return False
 
 
 def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.ndarray,
@@ -172,10 +185,11 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
         if not path.exists():
             path.mkdir(parents=True)
             chunk_dir.mkdir()
-            atomic_write(path / "index.npy", lambda f: np.save(f, face_index))
             with open(data_path, "wb") as f:
                 f.truncate(n * k * d * 4)
             atomic_write_json(manifest_path, {"key": key, "shape": [n, k, d], "chunk": chunk})
+        if not _index_matches(path / "index.npy", face_index):  # new, or damaged since
+            atomic_write(path / "index.npy", lambda f: np.save(f, face_index, allow_pickle=False))
     ddp.barrier()
     num_chunks = (n + chunk - 1) // chunk
     mine = [c for c in range(num_chunks) if c % dist.world_size == dist.rank]

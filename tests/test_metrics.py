@@ -1,0 +1,153 @@
+"""Verification metrics against hand-computed cases and independent definitions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distill.evaluation.metrics import (accuracy_at, auc, best_threshold_accuracy, eer, kfold_accuracy,
+                                        min_impostors_for_far, roc_curve, tar_at_far)
+
+# scores, genuine?  (hand-worked example used by several tests)
+S = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+Y = np.array([1, 1, 0, 1, 0, 0], bool)
+
+
+def test_roc_points_by_hand():
+    far, tar, thr = roc_curve(S, Y)
+    # accept >= t for each distinct score, from +inf down
+    np.testing.assert_allclose(far, [0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    np.testing.assert_allclose(tar, [0, 1 / 3, 2 / 3, 2 / 3, 1, 1, 1])
+    assert np.isinf(thr[0]) and list(thr[1:]) == list(S)
+    # area: FAR 0..1/3 at TAR 2/3, then FAR 1/3..1 at TAR 1 (= 8 of the 9 genuine/impostor orderings)
+    assert auc(far, tar) == pytest.approx(1 / 3 * 2 / 3 + 2 / 3 * 1)
+
+
+def test_ties_are_accepted_together():
+    far, tar, thr = roc_curve(np.array([0.5, 0.5, 0.1]), np.array([True, False, False]))
+    np.testing.assert_allclose(far, [0, 0.5, 1])
+    np.testing.assert_allclose(tar, [0, 1, 1])
+
+
+def test_perfect_separation():
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    scores = np.where(same, rng.uniform(0.6, 1, 600), rng.uniform(-1, 0.5, 600))
+    far, tar, _ = roc_curve(scores, same)
+    assert auc(far, tar) == pytest.approx(1.0)
+    lo, hi = scores[~same].max(), scores[same].min()
+    rate, thr = eer(scores, same)
+    assert rate == pytest.approx(0.0) and lo < thr <= hi
+    acc, t = best_threshold_accuracy(scores, same)
+    assert acc == 1.0 and lo < t <= hi
+    res = kfold_accuracy(scores, same, np.arange(600) % 10)
+    assert res.mean == 1.0 and res.std == 0.0 and len(res.thresholds) == 10
+    tars, reasons = tar_at_far(scores, same, fars=(1e-2,))
+    assert tars[1e-2] == 1.0 and not reasons
+
+
+def test_inverted_scores_give_auc_zero():
+    same = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    scores = np.where(same, -1.0, 1.0) + np.linspace(0, 0.1, 100)
+    far, tar, _ = roc_curve(scores, same)
+    assert auc(far, tar) == pytest.approx(0.0)
+    assert eer(scores, same)[0] == pytest.approx(1.0)
+
+
+def test_random_scores_are_chance():
+    rng = np.random.default_rng(1)
+    scores, same = rng.standard_normal(20000), rng.random(20000) < 0.5
+    far, tar, _ = roc_curve(scores, same)
+    assert auc(far, tar) == pytest.approx(0.5, abs=0.02)
+    assert eer(scores, same)[0] == pytest.approx(0.5, abs=0.02)
+    assert kfold_accuracy(scores, same, np.arange(20000) % 10).mean == pytest.approx(0.5, abs=0.02)
+
+
+def test_eer_hand_case_and_interpolation():
+    # at threshold 0.7: FAR = 1/3 (0.7 accepted) and FRR = 1/3 (0.6 rejected): the EER is exactly 1/3
+    rate, thr = eer(S, Y)
+    assert rate == pytest.approx(1 / 3) and thr == pytest.approx(0.7)
+    # 2 genuine [0.9, 0.3], 2 impostor [0.6, 0.1]: ROC (0,0) (0,.5) (.5,.5) (.5,1) (1,1);
+    # FAR-FRR goes -1, -.5, 0 -> the crossing is the point FAR = FRR = 0.5 at threshold 0.6
+    rate, thr = eer(np.array([0.9, 0.6, 0.3, 0.1]), np.array([True, False, True, False]))
+    assert rate == pytest.approx(0.5) and thr == pytest.approx(0.6)
+    # a crossing between points: genuine [1, .5, .4, .3], impostor [.45]: FAR jumps 0 -> 1
+    # at FRR 0.5, so FAR - FRR goes -0.5 -> +0.5 and interpolates to 0.5 halfway between .5 and .45
+    rate, thr = eer(np.array([1, .5, .45, .4, .3]), np.array([1, 1, 0, 1, 1], bool))
+    assert rate == pytest.approx(0.5) and thr == pytest.approx(0.475)
+
+
+def test_tar_at_far_exact_and_refused():
+    # 1000 impostors with distinct scores 0.000..0.999, 100 genuines at 0.9955..1.005 (50 above 0.999)
+    imp = np.arange(1000) / 1000
+    gen = 0.9955 + np.arange(100) / 10000
+    scores, same = np.r_[imp, gen], np.r_[np.zeros(1000, bool), np.ones(100, bool)]
+    tars, reasons = tar_at_far(scores, same, fars=(1e-2, 1e-3, 1e-4))
+    # FAR <= 1e-2 allows 10 impostors (0.990..0.999) above threshold: every genuine passes
+    assert tars[1e-2] == 1.0
+    # FAR <= 1e-3 allows one impostor (0.999), so the threshold may drop to just above 0.998:
+    # genuines 0.9955 + k/1e4 > 0.998 <=> k >= 26, i.e. 74 of 100
+    assert tars[1e-3] == pytest.approx(74 / 100)
+    assert tars[1e-4] is None and "1000 impostor pairs" in reasons[1e-4] and "10000" in reasons[1e-4]
+    assert min_impostors_for_far(1e-3) == 1000
+
+
+def test_best_threshold_hand_case():
+    acc, thr = best_threshold_accuracy(S, Y)
+    # accepting {0.9, 0.8} or {0.9..0.6} both give 5/6; the higher threshold wins the tie
+    assert acc == pytest.approx(5 / 6) and 0.7 < thr <= 0.8
+    assert accuracy_at(S, Y, thr) == pytest.approx(5 / 6)
+
+
+def test_kfold_threshold_never_sees_test_fold():
+    rng = np.random.default_rng(3)
+    n = 1000
+    same = rng.random(n) < 0.5
+    scores = np.where(same, rng.normal(1, 1, n), rng.normal(-1, 1, n))
+    folds = np.arange(n) % 10
+    base = kfold_accuracy(scores, same, folds)
+    for k in range(10):
+        train = folds != k
+        # the fold's threshold is exactly the best threshold of the other nine folds
+        assert base.thresholds[k] == pytest.approx(best_threshold_accuracy(scores[train], same[train])[1])
+        # scrambling the test fold (scores and labels) leaves its threshold unchanged
+        s2, y2 = scores.copy(), same.copy()
+        s2[~train] = rng.uniform(-50, 50, (~train).sum())
+        y2[~train] = ~y2[~train]
+        assert kfold_accuracy(s2, y2, folds).thresholds[k] == base.thresholds[k]
+    # and a fold whose own optimum differs is scored with the other folds' threshold, not its own
+    s3 = scores.copy()
+    s3[folds == 0] += 3.0          # fold 0 shifted: its best threshold moves, the CV one does not
+    res = kfold_accuracy(s3, same, folds)
+    own_best = best_threshold_accuracy(s3[folds == 0], same[folds == 0])[0]
+    assert res.accuracies[0] < own_best - 0.2
+    assert res.mean == pytest.approx(np.mean(res.accuracies)) and res.std == pytest.approx(np.std(res.accuracies))
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="same length"):
+        roc_curve(np.zeros(3), np.zeros(4, bool))
+    with pytest.raises(ValueError, match="not finite"):
+        roc_curve(np.array([0.1, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        kfold_accuracy(np.zeros(4), np.array([1, 0, 1, 0], bool), np.zeros(4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-5, 5), st.booleans()), min_size=2, max_size=40))
+def test_auc_is_the_mann_whitney_probability(pairs):
+    scores = np.array([p[0] for p in pairs], float)
+    same = np.array([p[1] for p in pairs])
+    if same.all() or not same.any():
+        return
+    g, i = scores[same], scores[~same]
+    # P(genuine > impostor) + 0.5 P(tie): the ROC area's independent definition
+    expected = ((g[:, None] > i[None, :]).mean() + 0.5 * (g[:, None] == i[None, :]).mean())
+    far, tar, _ = roc_curve(scores, same)
+    assert auc(far, tar) == pytest.approx(expected)
+    acc, thr = best_threshold_accuracy(scores, same)
+    assert acc == pytest.approx(accuracy_at(scores, same, thr))
+    # no threshold beats it
+    for t in np.r_[np.unique(scores), np.inf]:
+        assert accuracy_at(scores, same, t) <= acc + 1e-12
