@@ -10,6 +10,7 @@ Example::
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -47,11 +48,15 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(e.errno, f"{e.strerror} while writing {path}; the previous {path.name} (if any) is "
+                                   f"unchanged. Free disk space and rerun (distill run --resume continues a run)"
+                          ) from e
         raise
     _fsync_dir(path.parent)
     return path

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,15 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
             path.mkdir(parents=True)
             chunk_dir.mkdir()
             with open(data_path, "wb") as f:
-                f.truncate(n * k * d * 4)
+                try:  # reserve the space now: a full disk is an error here, not a SIGBUS in a memmap write later
+                    if n * k * d:
+                        os.posix_fallocate(f.fileno(), 0, n * k * d * 4)
+                except OSError as e:
+                    f.close()
+                    shutil.rmtree(path, ignore_errors=True)
+                    raise CacheError(f"cannot reserve {n * k * d * 4 / 1e6:.1f} MB for the teacher cache {data_path} "
+                                     f"({e.strerror}); free disk space or point data.cache_dir at a larger disk"
+                                     ) from None
             atomic_write_json(manifest_path, {"key": key, "shape": [n, k, d], "chunk": chunk})
         if not _index_matches(path / "index.npy", face_index):  # new, or damaged since
             atomic_write(path / "index.npy", lambda f: np.save(f, face_index, allow_pickle=False))
