@@ -200,10 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate the teacher and student checkpoints on the config's data",
                        description="Evaluate the config's teacher and any student checkpoints (student.pt files "
-                                   "written by `distill run`) on the config's evaluation pairs; writes reports.")
+                                   "written by `distill run`, or files from `distill export`) on the config's evaluation "
+                                   "pairs; writes reports.")
     _add_config_args(p)
     p.add_argument("--checkpoint", action="append", type=Path, metavar="FILE",
-                   help="student checkpoint to evaluate (repeatable)")
+                   help="student to evaluate: RUN/student.pt or an exported .onnx (repeatable)")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=cmd_eval)
@@ -221,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     p.set_defaults(func=cmd_report)
+
+    from distill.deploy.cli import register_cli  # export, gallery build|search
+
+    register_cli(sub)
     return parser
 
 

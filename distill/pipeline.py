@@ -243,8 +243,9 @@ def prepare_eval(cfg: Config, template: str, log: Log) -> EvalData:
             keep = np.array([a.split("/", 1)[0] in people and b.split("/", 1)[0] in people
                              for a, b in zip(proto.rel_path_a, proto.rel_path_b)], dtype=bool)
         protos.append((spec, proto, keep))
-        if not spec.teacher_only:
-            held |= proto.people()
+        if not spec.teacher_only:  # the people of the pairs kept, not of the whole file
+            held |= {p.split("/", 1)[0] for i in np.flatnonzero(keep)
+                     for p in (proto.rel_path_a[i], proto.rel_path_b[i])}
     for f in exclude:
         if Path(f).is_file():
             held |= read_pairs(f, images_root, check_exists=False).people()
@@ -286,9 +287,10 @@ def _extract(embedder: Any, faces: np.ndarray, cfg: Config) -> np.ndarray:
                               cache_dir=cfg.data.cache_dir / "embeddings")
 
 
-def evaluate_model(name: str, role: str, embedder: Any, module: nn.Module, input_size: int, data: EvalData,
+def evaluate_model(name: str, role: str, embedder: Any, module: nn.Module | None, input_size: int, data: EvalData,
                    cfg: Config, *, teacher_emb: np.ndarray | None = None, teacher_name: str | None = None,
-                   project: Callable[[np.ndarray], np.ndarray] | None = None, extra: dict | None = None):
+                   project: Callable[[np.ndarray], np.ndarray] | None = None, extra: dict | None = None,
+                   cost: dict | None = None):
     """Embed, verify on every protocol, identify, measure cost: one :class:`ModelResult`."""
     from distill.evaluation import ModelResult, evaluate_pairs, fidelity, identify, identify_cross, measure_cost
 
@@ -308,7 +310,8 @@ def evaluate_model(name: str, role: str, embedder: Any, module: nn.Module, input
         if mine.shape[1] == teacher_emb.shape[1]:
             fid = fidelity(mine[data.held_out] if data.held_out.any() else mine,
                            teacher_emb[data.held_out] if data.held_out.any() else teacher_emb)
-    cost = measure_cost(module, input_size, latency=cfg.eval.latency)
+    if cost is None:
+        cost = measure_cost(module, input_size, latency=cfg.eval.latency)
     return ModelResult(name=name, role=role, cost=cost, protocols=protocols, fidelity=fid, identification=ident,
                        teacher=teacher_name, extra=extra or {}), emb
 
@@ -626,27 +629,42 @@ def evaluate(cfg: Config, *, checkpoints: list[Path], include_teacher: bool = Tr
 
     if not checkpoints and not include_teacher:
         raise ConfigError("nothing to evaluate: give --checkpoint FILE and/or drop --no-teacher")
-    students = [load_student(Path(c)) for c in checkpoints]  # fail on a bad file before any data work
+    models = [_load_evaluable(Path(c)) for c in checkpoints]  # a bad file fails before any data work
     preflight(cfg)
     out = prepare_run_dir(cfg.out, resume=False, overwrite=overwrite)
     teacher = build_teacher(cfg)
     template = data_alignment(cfg, teacher.preprocessing.alignment)
-    for path, (_, _, pre, _) in zip(checkpoints, students):
-        check_alignment(template, pre, f"student {path}")
+    for path, (embedder, _, _) in zip(checkpoints, models):
+        check_alignment(template, embedder.preprocessing, f"student {path}")
     evald = prepare_eval(cfg, template, log)
     results = []
     t_res, t_emb = evaluate_model(teacher.name, "teacher", _teacher_embedder(teacher), teacher,
                                   teacher.preprocessing.input_size, evald, cfg)
     if include_teacher:
         results.append(t_res)
-    for path, (student, spec, pre, state) in zip(checkpoints, students):
-        emb = ModuleEmbedder(student, pre, name=spec.name, normalized=bool(spec.kwargs.get("normalize", True)))
-        res, _ = evaluate_model(f"{spec.name}-{pre.input_size} ({Path(path).name})", "student", emb, student,
-                                pre.input_size, evald, cfg, teacher_emb=t_emb, teacher_name=teacher.name)
+    for path, (embedder, module, cost) in zip(checkpoints, models):
+        size = embedder.preprocessing.input_size
+        res, _ = evaluate_model(f"{embedder.name} ({Path(path).name})", "student", embedder, module, size, evald,
+                                cfg, teacher_emb=t_emb, teacher_name=teacher.name, cost=cost)
         results.append(res)
     paths = write_reports(out, results, cfg.model_dump(mode="json"), {"data": {"eval": evald.record}})
     log(_summary_table(results, paths))
     return {"report": paths, "results": results}
+
+
+def _load_evaluable(path: Path) -> tuple[Any, nn.Module | None, dict | None]:
+    """(embedder, module or None, cost or None) for a student.pt or an exported .onnx file.
+
+    Evaluating the exported file measures what is deployed (onnxruntime, its own latency).
+    """
+    if path.suffix == ".onnx":
+        from distill.deploy.quantize import onnx_cost
+        from distill.deploy.runtime import OnnxEmbedder
+
+        return OnnxEmbedder(path), None, onnx_cost(path)
+    student, spec, pre, _ = load_student(path)
+    name = f"{spec.name}-{pre.input_size}"
+    return ModuleEmbedder(student, pre, name=name, normalized=bool(spec.kwargs.get("normalize", True))), student, None
 
 
 def compare(run_dirs: list[Path], out: Path, log: Log = print) -> dict[str, Path]:

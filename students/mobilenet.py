@@ -6,6 +6,8 @@ and the resolution multiplier is the input size itself.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from timm.layers import make_divisible
@@ -97,7 +99,11 @@ class MobileNet(nn.Module):
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                # He init on the true fan-out. torch's kaiming "fan_out" ignores groups, which makes a
+                # depthwise conv sqrt(C) times too small: pre-BN activations then shrink ~1e-10 over the
+                # body and an eval-mode net (running stats still near their init) maps every face to one point.
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -146,3 +146,20 @@ def test_custom_pair_example_runs(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert "student accuracy:" in res.stdout
     assert (tmp_path / "cp" / "report.html").is_file()
+
+
+def test_eval_measures_an_exported_onnx_file(tiny_run: Path, tmp_path: Path) -> None:
+    """The deployed file is the one measured: its accuracy equals the checkpoint's."""
+    cache = tiny_run.parent / "cache"
+    onnx_path = tmp_path / "student.onnx"
+    res = distill_cli("export", str(tiny_run / "student.pt"), "--format", "onnx", "-o", str(onnx_path),
+                      "--no-accuracy", "--no-latency", "--cache-dir", str(cache))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = distill_cli("eval", "configs/quickstart.yaml", *TINY, "--set", f"data.cache_dir={cache}", "--no-teacher",
+                      "--checkpoint", str(onnx_path), "--out", str(tmp_path / "ev"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (student,) = json.loads((tmp_path / "ev" / "report.json").read_text())["models"]
+    ref = next(m for m in json.loads((tiny_run / "report.json").read_text())["models"] if m["role"] == "student")
+    assert student["file_bytes"] == onnx_path.stat().st_size
+    assert student["protocols"]["synthetic-test"]["accuracy_mean"] == pytest.approx(
+        ref["protocols"]["synthetic-test"]["accuracy_mean"], abs=0.02)

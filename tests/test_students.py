@@ -99,3 +99,17 @@ def test_timm_unknown_model_is_clear() -> None:
 def test_unknown_student_suggests_close_name() -> None:
     with pytest.raises(KeyError, match="did you mean .*'mobilenet_v1_050'"):
         STUDENTS.get("mobilenet_v1_05")
+
+
+def test_briefly_trained_mobilenet_does_not_collapse_in_eval_mode() -> None:
+    """A few train-mode batches move the BN running stats only part way; with a correct init the
+    eval-mode net still separates inputs (with torch's group-blind kaiming fan_out it maps every
+    input to one point: relative spread ~1e-8)."""
+    torch.manual_seed(0)
+    net = MobileNet(alpha=0.5, input_size=112, embedding_dim=128, normalize=False).train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(8, 3, 112, 112))
+        emb = net.eval()(torch.randn(8, 3, 112, 112))
+    spread = (emb - emb.mean(0)).norm(dim=1).mean() / emb.norm(dim=1).mean()
+    assert spread > 1e-3, f"eval-mode embeddings collapsed (relative spread {spread:.2e})"

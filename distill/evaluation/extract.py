@@ -118,7 +118,7 @@ def extract_embeddings(embedder: Embedder, faces: np.ndarray, *, batch_size: int
     with torch.inference_mode():
         for i in range(0, len(faces), batch_size):
             batch = np.ascontiguousarray(faces[i:i + batch_size])
-            e = embedder.embed(torch.from_numpy(batch)).float().cpu().numpy()
+            e = embedder.embed(torch.from_numpy(np.array(batch))).float().cpu().numpy()
             if flip_tta:
                 mirrored = np.ascontiguousarray(batch[:, :, ::-1, :])
                 e2 = embedder.embed(torch.from_numpy(mirrored)).float().cpu().numpy()

@@ -1,0 +1,30 @@
+"""Mobile deployment: ONNX / TorchScript export with parity, int8 quantisation, and a FAISS face gallery.
+
+Example::
+
+    from distill.deploy import export_student, OnnxEmbedder, build_gallery, load_gallery, load_embedder
+
+    export_student("runs/r1/student.pt", "student.onnx", "onnx", int8=True)   # + student.int8.onnx
+    emb = OnnxEmbedder("student.int8.onnx")           # an Embedder: evaluation can measure the file itself
+    build_gallery(emb, "student.int8.onnx", "known_people/", "gallery/")
+"""
+from .cli import register_cli
+from .export import FORMATS, PARITY_TOL, export_checkpoint, export_model, onnx_bytes, parity, torchscript_bytes
+from .faces import align_files, align_rel_paths, default_lfw_images, sample_identity_images
+from .gallery import (Gallery, GalleryError, build_gallery, check_model, load_gallery, search_gallery,
+                      threshold_from_report)
+from .quantize import (FaceCalibrationReader, embedding_agreement, int8_path, load_pairs, onnx_cost,
+                       onnx_latency, quantize_int8, verification_accuracy)
+from .runtime import (ExportError, ExportModel, OnnxEmbedder, StudentEmbedder, TorchScriptEmbedder,
+                      load_embedder, load_export_model, read_metadata)
+from .workflow import export_student
+
+__all__ = [
+    "register_cli", "export_student", "export_checkpoint", "export_model", "onnx_bytes", "torchscript_bytes",
+    "parity", "FORMATS", "PARITY_TOL", "quantize_int8", "FaceCalibrationReader", "verification_accuracy",
+    "embedding_agreement", "onnx_latency", "onnx_cost", "int8_path", "load_pairs", "OnnxEmbedder",
+    "TorchScriptEmbedder",
+    "StudentEmbedder", "ExportModel", "ExportError", "load_embedder", "load_export_model", "read_metadata",
+    "Gallery", "GalleryError", "build_gallery", "load_gallery", "search_gallery", "check_model",
+    "threshold_from_report", "align_files", "align_rel_paths", "default_lfw_images", "sample_identity_images",
+]

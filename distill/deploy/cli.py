@@ -1,0 +1,238 @@
+"""``distill export`` and ``distill gallery build|search``; :func:`register_cli` adds them to the CLI.
+
+Example (in ``distill.cli.build_parser``)::
+
+    from distill.deploy.cli import register_cli
+    register_cli(sub)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .faces import DEFAULT_CACHE_DIR
+
+
+def _usage(msg: str) -> Exception:
+    from distill.cli import UsageError
+
+    return UsageError(msg)
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,32, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    from distill.evaluation.report import _jsonable as j
+
+    return j(obj)
+
+
+# --------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from distill.io import atomic_write_json
+
+    from .workflow import export_student
+
+    if args.int8 and args.format != "onnx":
+        raise _usage("--int8 needs --format onnx (int8 uses onnxruntime's static quantisation)")
+    if not args.checkpoint.is_file():
+        raise _usage(f"checkpoint {args.checkpoint} does not exist (the deployable student is RUN/student.pt)")
+    summary = export_student(
+        args.checkpoint, args.output, args.format, int8=args.int8, int8_out=args.int8_output,
+        with_projection=args.with_projection, parity_images=args.parity_images, parity_count=args.parity_count,
+        calib_images=args.calib_images, calib_count=args.calib_count, calibrate=args.calibrate, pairs=args.pairs,
+        images_root=args.images_root, max_pairs=args.max_pairs, evaluate=not args.no_accuracy,
+        align_backend=args.align_backend,
+        cache_dir=args.cache_dir, latency=not args.no_latency, latency_batches=args.latency_batches)
+    if args.json:
+        atomic_write_json(args.json, _jsonable(summary))
+        print(f"summary -> {args.json}")
+    return 0
+
+
+# --------------------------------------------------------------------------- gallery
+def cmd_gallery_build(args: argparse.Namespace) -> int:
+    from .gallery import build_gallery
+    from .runtime import load_embedder
+
+    if not args.images.is_dir():
+        raise _usage(f"--images {args.images} is not a folder (expected identity folders DIR/<person>/<image>)")
+    emb = load_embedder(args.model, with_projection=args.with_projection)
+    res = build_gallery(emb, args.model, args.images, args.output, allow_cross_model=args.allow_cross_model,
+                        overwrite=args.overwrite, index_kind=args.index, align_backend=args.align_backend,
+                        cache_dir=args.cache_dir, batch_size=args.batch_size)
+    print(f"gallery {res['gallery']}: {res['items']} faces of {res['identities']} identities "
+          f"({res['added']} added, {res['already_present']} already enrolled, {len(res['skipped'])} skipped) "
+          f"with {res['model']['name']} [{res['model']['fingerprint']}]")
+    for path, why in list(res["skipped"].items())[:10]:
+        print(f"  skipped {path}: {why}")
+    return 0
+
+
+def _probe_files(items: list[Path]) -> list[Path]:
+    from distill.data.folders import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for p in items:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise _usage(f"probe image {p} does not exist")
+    if not out:
+        raise _usage("no probe images found")
+    return out
+
+
+def cmd_gallery_search(args: argparse.Namespace) -> int:
+    from distill.evaluation import extract_embeddings
+
+    from .faces import align_files
+    from .gallery import (check_model, load_gallery, score_text, search_gallery, threshold_from_report,
+                          user_threshold_to_score)
+    from .runtime import load_embedder
+
+    if args.k < 1:
+        raise _usage(f"--k must be >= 1, got {args.k}")
+    if args.far is not None and args.report is None:
+        raise _usage("--far needs --report RUN/report.json (the ROC the threshold is read from)")
+    gal = load_gallery(args.gallery)
+    ref = args.model or gal.model["ref"]
+    emb = load_embedder(ref, with_projection=args.with_projection)
+    check_model(gal, emb, allow_cross_model=args.allow_cross_model)
+    metric = gal.metric
+    threshold, info = None, None
+    if args.threshold is not None:
+        threshold = user_threshold_to_score(args.threshold, metric)
+        info = {"source": "--threshold"}
+    elif args.far is not None:
+        threshold, info = threshold_from_report(args.report, args.far, args.report_model or emb.name,
+                                                protocol=args.protocol)
+    files = _probe_files(args.images)
+    faces, kept, skipped = align_files(files, template=emb.preprocessing.alignment, backend=args.align_backend,
+                                       cache_dir=args.cache_dir)
+    vectors = extract_embeddings(emb, faces, progress=False) if len(kept) else None
+    results = search_gallery(gal, vectors, k=args.k, threshold=threshold) if vectors is not None else []
+    if args.json:
+        print(json.dumps(_jsonable({"gallery": str(gal.root), "model": emb.name, "metric": metric,
+                                    "threshold": threshold, "threshold_info": info, "skipped": skipped,
+                                    "probes": [{"image": str(f), **r} for f, r in zip(kept, results)]}), indent=2))
+        return 0
+    if info is not None and "far" in info:
+        print(f"threshold {score_text(threshold, metric)}: FAR {info['far']:.2g} (asked {info['requested_far']:g}), "
+              f"TAR {info['tar']:.3f} on {info['protocol']} for {info['model']} in {info['report']}")
+    for f, r in zip(kept, results):
+        top = r["matches"][0]
+        verdict = ""
+        if r["decision"] is not None:
+            verdict = (f"  -> {top['identity']}" if r["decision"] == "same"
+                       else "  -> unknown (no gallery identity within the threshold)")
+        print(f"{f}{verdict}")
+        for m in r["matches"]:
+            print(f"  {m['rank']:2d}. {m['identity']:30s} {score_text(m['score'], metric)}  {Path(m['path']).name}")
+    for path, why in skipped.items():
+        print(f"{path}: skipped ({why})")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _align_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--align-backend", choices=("dlib", "mtcnn", "none"), default="dlib",
+                   help="landmark detector used to align faces ('none': images are aligned crops); default dlib")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                   help=f"cache folder for aligned faces (default {DEFAULT_CACHE_DIR}, shared with `distill run`)")
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``export`` and ``gallery build|search`` to the ``distill`` sub-command parsers."""
+    p = subparsers.add_parser(
+        "export", help="export a student to ONNX or TorchScript (parity-checked; optional int8)",
+        description="Export RUN/student.pt as one graph (student + embedding head + normalisation) with dynamic "
+                    "batch. Input: the preprocessed float tensor (B,3,S,S), RGB, (pixel - mean)/std; input size, "
+                    "mean/std, alignment template, embedding dim, normalisation and distance are stored in the "
+                    "file's metadata. The export is run on real aligned faces and must match PyTorch within "
+                    "1e-4. --int8 adds a statically quantised ONNX model (QDQ, per-channel) and prints the "
+                    "verification accuracy and latency of both.")
+    p.add_argument("checkpoint", type=Path, help="student checkpoint (RUN/student.pt)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="exported model file")
+    p.add_argument("--int8", action="store_true", help="also write FILE.int8.onnx (static int8) and compare it")
+    p.add_argument("--int8-output", type=Path, metavar="FILE", help="int8 file (default: FILE with .int8.onnx)")
+    p.add_argument("--with-projection", action="store_true",
+                   help="append the trained student->teacher projection (embeddings in the teacher's space)")
+    p.add_argument("--parity-images", type=Path, metavar="DIR",
+                   help="face photos for the parity check (default: the shared LFW folder)")
+    p.add_argument("--parity-count", type=int, default=16, help="faces in the parity check (default 16)")
+    p.add_argument("--calib-images", type=Path, metavar="DIR",
+                   help="int8 calibration photos (default: the run's training images, else LFW minus the pairs' "
+                        "people)")
+    p.add_argument("--calib-count", type=int, default=256, help="calibration faces (default 256)")
+    p.add_argument("--calibrate", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="activation range calibration (default minmax)")
+    p.add_argument("--pairs", type=Path, metavar="FILE",
+                   help="LFW-format pairs file for the fp32 vs int8 accuracy (default: LFW pairsDevTest.txt)")
+    p.add_argument("--images-root", type=Path, metavar="DIR",
+                   help="folder the pairs' images live in (default: lfw-deepfunneled beside the pairs file)")
+    p.add_argument("--max-pairs", type=int, metavar="N", help="evaluate a balanced subset of N pairs")
+    p.add_argument("--no-accuracy", action="store_true", help="--int8 without the fp32/int8 accuracy comparison")
+    p.add_argument("--latency-batches", type=_batches, default=(1, 32), metavar="B,B",
+                   help="batch sizes for the latency measurement (default 1,32)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the summary as JSON")
+    _align_args(p)
+    p.set_defaults(func=cmd_export)
+
+    g = subparsers.add_parser("gallery", help="build or search a FAISS gallery of known faces",
+                              description="Enrol identity folders into a FAISS gallery and search it with photos.")
+    gsub = g.add_subparsers(dest="gallery_command", metavar="ACTION")
+    gsub.required = True
+    b = gsub.add_parser("build", help="enrol identity folders (DIR/<person>/<image>) into a gallery",
+                        description="Align (with the cache), embed and index every image of DIR/<person>/. The "
+                                    "gallery stores the model's fingerprint; adding with another model is refused "
+                                    "unless --allow-cross-model.")
+    b.add_argument("--model", required=True, metavar="MODEL",
+                   help="student.pt, an exported .onnx / TorchScript file, or teacher:NAME (e.g. teacher:dlib_resnet)")
+    b.add_argument("--images", type=Path, required=True, metavar="DIR", help="identity folders to enrol")
+    b.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="gallery folder")
+    b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
+                   help="FAISS index (flat = exact; default)")
+    b.add_argument("--allow-cross-model", action="store_true",
+                   help="deliberately add embeddings of a different model (same embedding space only)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing gallery instead of adding to it")
+    b.add_argument("--with-projection", action="store_true", help="student.pt: embed in the teacher's space")
+    b.add_argument("--batch-size", type=int, default=64)
+    _align_args(b)
+    b.set_defaults(func=cmd_gallery_build)
+
+    s = gsub.add_parser("search", help="identify faces in photos against a gallery",
+                        description="Align and embed each photo, print the top-k gallery identities with their "
+                                    "scores and, with a threshold, a same/different decision for the best one.")
+    s.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="probe photos (or folders of photos)")
+    s.add_argument("--gallery", type=Path, required=True, metavar="DIR")
+    s.add_argument("--k", type=int, default=5, help="identities to list per photo (default 5)")
+    thr = s.add_mutually_exclusive_group()
+    thr.add_argument("--threshold", type=float,
+                     help="decision threshold in the model's units: cosine (accept >= T) for normalised models, "
+                          "Euclidean distance (accept <= T, e.g. 0.6 for dlib) for raw ones")
+    thr.add_argument("--far", type=float, help="pick the threshold at this false-accept rate from --report's ROC")
+    s.add_argument("--report", type=Path, metavar="FILE", help="evaluation report.json (or its run folder)")
+    s.add_argument("--report-model", metavar="NAME", help="model entry of the report (default: the model's name)")
+    s.add_argument("--protocol", metavar="NAME", help="report protocol (default: the first)")
+    s.add_argument("--model", metavar="MODEL", help="embed with this model (default: the gallery's)")
+    s.add_argument("--allow-cross-model", action="store_true",
+                   help="deliberately search with a model other than the gallery's (same embedding space only)")
+    s.add_argument("--with-projection", action="store_true", help="student.pt: embed in the teacher's space")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _align_args(s)
+    s.set_defaults(func=cmd_gallery_search)

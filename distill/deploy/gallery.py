@@ -1,0 +1,305 @@
+"""A searchable gallery of known faces: identity folders in, FAISS index + labels + model fingerprint out.
+
+A gallery folder holds ``gallery.json`` (format, the model(s) that made the embeddings with their
+fingerprints, one record per enrolled image), ``embeddings.npy`` and ``index.faiss``. Embeddings of
+different models live in different spaces, so adding to (or searching) a gallery with another model
+is refused unless ``allow_cross_model=True`` is passed deliberately (e.g. a student exported with
+its projection into the teacher's space, searching a teacher-built gallery).
+
+Scores follow :mod:`distill.evaluation.search`: cosine similarity for normalised models, negative
+Euclidean distance for raw ones ("higher = more similar"), so thresholds read from an evaluation
+report's ROC apply unchanged.
+
+Example::
+
+    emb = load_embedder("teacher:dlib_resnet")
+    build_gallery(emb, "teacher:dlib_resnet", "known_people/", "gallery/")
+    g = load_gallery("gallery/")
+    thr, info = threshold_from_report("runs/r1/report.json", far=1e-3, model=emb.name)
+    for hit in search_gallery(g, emb, probe_faces, k=5, threshold=thr):
+        print(hit["matches"][0]["identity"], hit["decision"])
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+
+from distill.evaluation.search import build_index, metric_for, search
+from distill.io import atomic_write_bytes, atomic_write_json
+
+from .faces import DEFAULT_CACHE_DIR, align_rel_paths
+
+GALLERY_FORMAT = "facedistill-gallery-v1"
+GALLERY_JSON, EMBEDDINGS_NPY, INDEX_FILE = "gallery.json", "embeddings.npy", "index.faiss"
+
+
+class GalleryError(ValueError):
+    """A gallery cannot be built, loaded or searched as asked; the message says what to do."""
+
+
+@dataclass
+class Gallery:
+    """A loaded gallery: its record, embeddings ``(N, D)``, FAISS index and the identity of each row."""
+
+    root: Path
+    doc: dict[str, Any]
+    embeddings: np.ndarray
+    index: faiss.Index
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return self.doc["items"]
+
+    @property
+    def identities(self) -> list[str]:
+        return [it["identity"] for it in self.items]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The model the gallery was first built with (what ``search`` uses by default)."""
+        return self.doc["models"][0]
+
+    @property
+    def metric(self) -> str:
+        return self.doc["metric"]
+
+
+def model_record(embedder: Any, ref: str) -> dict[str, Any]:
+    """What a gallery stores about the model that made its embeddings."""
+    from distill.evaluation.extract import model_fingerprint
+
+    fp = model_fingerprint(embedder)
+    if fp is None:
+        raise GalleryError(f"cannot fingerprint model {ref!r}; galleries need to know which model made them")
+    p = Path(ref)
+    return {"ref": str(p.resolve()) if p.is_file() else ref, "name": embedder.name, "fingerprint": fp,
+            "normalized": bool(embedder.normalized), "metric": metric_for(bool(embedder.normalized)),
+            "preprocessing": embedder.preprocessing.to_dict()}
+
+
+def _index_bytes(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def _npy_bytes(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_gallery(root: str | Path) -> Gallery:
+    """Read a gallery folder written by :func:`build_gallery`, checking its files agree."""
+    root = Path(root)
+    path = root / GALLERY_JSON
+    if not path.is_file():
+        raise GalleryError(f"{root} is not a gallery ({GALLERY_JSON} missing); build one with "
+                           f"`distill gallery build --model M --images DIR -o {root}`")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GalleryError(f"{path} is not valid JSON ({e}); rebuild the gallery with --overwrite") from None
+    if doc.get("format") != GALLERY_FORMAT:
+        raise GalleryError(f"{path}: format {doc.get('format')!r}, expected {GALLERY_FORMAT}")
+    try:
+        emb = np.load(root / EMBEDDINGS_NPY, allow_pickle=False)
+        index = faiss.deserialize_index(np.fromfile(root / INDEX_FILE, dtype=np.uint8))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise GalleryError(f"gallery {root}: cannot read {EMBEDDINGS_NPY}/{INDEX_FILE} ({e}); rebuild it with "
+                           f"--overwrite") from None
+    n = len(doc["items"])
+    if emb.shape[0] != n or index.ntotal != n or emb.shape[1] != doc["dim"]:
+        raise GalleryError(f"gallery {root} is inconsistent: {n} items, embeddings {emb.shape}, index of "
+                           f"{index.ntotal} (an interrupted build?); rebuild it with --overwrite")
+    return Gallery(root, doc, emb, index)
+
+
+def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: str | Path, *,
+                  rel_paths: Sequence[str] | None = None, allow_cross_model: bool = False, overwrite: bool = False,
+                  index_kind: str = "flat", align_backend: str = "dlib", cache_dir: str | Path = DEFAULT_CACHE_DIR,
+                  batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Enrol the identity folders under ``images_root`` (or just ``rel_paths`` of it) into the gallery ``out``.
+
+    A new ``out`` is created; an existing gallery is extended (images already enrolled are skipped)
+    when it was built with the same model, refused otherwise unless ``allow_cross_model``;
+    ``overwrite`` starts afresh. Faces are aligned (through the cache) to the model's template.
+    Returns a summary: ``{"added", "already_present", "skipped", "identities", "items", "model"}``.
+    """
+    from distill.data.folders import scan_identity_folder
+    from distill.evaluation import extract_embeddings
+
+    out, images_root = Path(out), Path(images_root)
+    record = model_record(embedder, model_ref)
+    scanned = scan_identity_folder(images_root)
+    pairs = list(zip(scanned.rel_paths, (scanned.identity_of(i) for i in range(len(scanned)))))
+    if rel_paths is not None:
+        wanted = set(rel_paths)
+        unknown = wanted - set(scanned.rel_paths)
+        if unknown:
+            raise GalleryError(f"{len(unknown)} requested images are not identity-folder images under "
+                               f"{images_root}, e.g. {sorted(unknown)[:3]}")
+        pairs = [p for p in pairs if p[0] in wanted]
+    existing = None if overwrite or not (out / GALLERY_JSON).exists() else load_gallery(out)
+    models = [record]
+    items: list[dict[str, Any]] = []
+    old = np.zeros((0, 0), np.float32)
+    model_idx = 0
+    if existing is not None:
+        models, items, old = list(existing.doc["models"]), list(existing.items), existing.embeddings
+        fps = [m["fingerprint"] for m in models]
+        if record["fingerprint"] in fps:
+            model_idx = fps.index(record["fingerprint"])
+        else:
+            if not allow_cross_model:
+                raise GalleryError(
+                    f"gallery {out} holds embeddings of {models[0]['name']} ({models[0]['fingerprint']}); "
+                    f"{record['name']} ({record['fingerprint']}) embeds faces in a different space. Build a "
+                    f"separate gallery, pass --overwrite to replace it, or --allow-cross-model if this model "
+                    f"was trained into the same embedding space (e.g. a student exported with its projection)")
+            if record["metric"] != existing.metric:
+                raise GalleryError(f"cannot mix metrics in gallery {out}: it uses {existing.metric}, "
+                                   f"{record['name']} needs {record['metric']}")
+            models.append(record)
+            model_idx = len(models) - 1
+    present = {it["path"] for it in items}
+    todo = [(rel, ident) for rel, ident in pairs if str((images_root / rel).resolve()) not in present]
+    already = len(pairs) - len(todo)
+    skipped: dict[str, str] = {}
+    new = np.zeros((0, old.shape[1] if old.size else 0), np.float32)
+    if todo:
+        af = align_rel_paths(images_root, [r for r, _ in todo], template=embedder.preprocessing.alignment,
+                             backend=align_backend, cache_dir=cache_dir, progress=progress)
+        skipped = dict(af.record.skipped)
+        new = extract_embeddings(embedder, af.faces, batch_size=batch_size, progress=progress)
+        for k, pos in enumerate(af.indices):
+            rel, ident = todo[int(pos)]
+            items.append({"identity": ident, "path": str((images_root / rel).resolve()), "model": model_idx,
+                          "aligned": rel not in af.record.no_face_paths})
+    if not items:
+        raise GalleryError(f"no face could be enrolled from {images_root} ({len(skipped)} images skipped)")
+    if old.size and new.size and old.shape[1] != new.shape[1]:
+        raise GalleryError(f"gallery {out} holds {old.shape[1]}-D embeddings; {record['name']} makes "
+                           f"{new.shape[1]}-D ones")
+    emb = np.concatenate([old, new]) if old.size else new
+    metric = models[0]["metric"]
+    index = build_index(emb, metric, index_kind)  # type: ignore[arg-type]
+    doc = {"format": GALLERY_FORMAT, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "metric": metric, "dim": int(emb.shape[1]), "index": index_kind, "models": models,
+           "alignment": {"template": embedder.preprocessing.alignment, "backend": align_backend},
+           "identities": sorted({it["identity"] for it in items}), "items": items}
+    # the record goes last: load_gallery checks the counts agree, so a crash in between is detected
+    atomic_write_bytes(out / EMBEDDINGS_NPY, _npy_bytes(emb))
+    atomic_write_bytes(out / INDEX_FILE, _index_bytes(index))
+    atomic_write_json(out / GALLERY_JSON, doc)
+    return {"added": len(todo) - len(skipped), "already_present": already, "skipped": skipped,
+            "identities": len(doc["identities"]), "items": len(items), "model": record, "gallery": str(out)}
+
+
+def check_model(gallery: Gallery, embedder: Any, *, allow_cross_model: bool = False) -> None:
+    """Refuse to search ``gallery`` with a model that did not build it (unless deliberately allowed)."""
+    from distill.evaluation.extract import model_fingerprint
+
+    fp = model_fingerprint(embedder)
+    known = [m["fingerprint"] for m in gallery.doc["models"]]
+    if fp in known:
+        return
+    if not allow_cross_model:
+        raise GalleryError(f"gallery {gallery.root} was built with {gallery.model['name']} "
+                           f"({gallery.model['fingerprint']}); {embedder.name} ({fp}) embeds faces in a different "
+                           f"space. Search with the gallery's model (omit --model), or pass --allow-cross-model "
+                           f"if this model was trained into the same space")
+    if metric_for(bool(embedder.normalized)) != gallery.metric:
+        raise GalleryError(f"{embedder.name} uses the {metric_for(bool(embedder.normalized))} metric but gallery "
+                           f"{gallery.root} uses {gallery.metric}")
+
+
+def search_gallery(gallery: Gallery, embeddings: np.ndarray, *, k: int = 5,
+                   threshold: float | None = None) -> list[dict[str, Any]]:
+    """Top-``k`` identities for each probe embedding (best gallery image per identity).
+
+    ``threshold`` is in score units (cosine, or negative Euclidean distance): the top identity is
+    declared ``"same"`` when its score is ``>= threshold``, else ``"different"`` (unknown person).
+    Returns one ``{"matches": [{"rank", "identity", "score", "path"}], "decision"}`` per probe.
+    """
+    if embeddings.shape[1] != gallery.doc["dim"]:
+        raise GalleryError(f"probe embeddings are {embeddings.shape[1]}-D, gallery {gallery.root} is "
+                           f"{gallery.doc['dim']}-D")
+    idents = gallery.identities
+    per_identity = max(np.unique(idents, return_counts=True)[1])
+    n_unique = len(set(idents))
+    k = max(1, min(k, n_unique))
+    # k * (most images of one identity) neighbours always contain k distinct identities
+    kk = min(gallery.index.ntotal, k * int(per_identity))
+    scores, ids = search(gallery.index, embeddings, kk)
+    out = []
+    for srow, irow in zip(scores, ids):
+        seen: dict[str, dict[str, Any]] = {}
+        for s, i in zip(srow, irow):
+            if i < 0 or idents[i] in seen:
+                continue
+            seen[idents[i]] = {"rank": len(seen) + 1, "identity": idents[i], "score": float(s),
+                               "path": gallery.items[i]["path"]}
+            if len(seen) == k:
+                break
+        matches = list(seen.values())
+        decision = None
+        if threshold is not None and matches:
+            decision = "same" if matches[0]["score"] >= threshold else "different"
+        out.append({"matches": matches, "decision": decision})
+    return out
+
+
+def threshold_from_report(report: str | Path, far: float, model: str, *,
+                          protocol: str | None = None) -> tuple[float, dict[str, Any]]:
+    """The score threshold at which ``model`` has false-accept rate ``<= far`` on a report's ROC.
+
+    ``report``: a ``report.json`` or its run directory; ``model``: the model's name in the report
+    (a teacher's name, or a student's ``name-inputsize``); ``protocol``: default the first one.
+    Returns ``(threshold, {"far", "tar", "protocol", "model", "report"})`` of the ROC point used.
+    """
+    path = Path(report)
+    path = path / "report.json" if path.is_dir() else path
+    if not path.is_file():
+        raise GalleryError(f"evaluation report {path} does not exist (give RUN/report.json of a finished run)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GalleryError(f"{path} is not valid JSON ({e})") from None
+    models = {m["name"]: m for m in doc.get("models", [])}
+    if model not in models:
+        raise GalleryError(f"{path} has no model named {model!r} (it has: {', '.join(models) or 'none'}); pass "
+                           f"--report-model NAME to pick the entry evaluated with this model")
+    protos = models[model].get("protocols") or {}
+    if not protos:
+        raise GalleryError(f"{path}: model {model!r} has no verification results")
+    name = protocol or next(iter(protos))
+    if name not in protos:
+        raise GalleryError(f"{path}: model {model!r} has no protocol {name!r} (it has: {', '.join(protos)})")
+    roc = protos[name]["roc"]
+    best = None
+    for f, t, thr in zip(roc["far"], roc["tar"], roc["threshold"]):
+        if thr is not None and f is not None and f <= far and (best is None or f >= best[0]):
+            best = (f, t, thr)
+    if best is None:
+        finite = [f for f, thr in zip(roc["far"], roc["threshold"]) if thr is not None and f is not None]
+        raise GalleryError(f"{path}: no ROC point of {model!r} on {name} reaches FAR <= {far:g} "
+                           f"(lowest: {min(finite) if finite else 'none'})")
+    f, t, thr = best
+    return float(thr), {"far": f, "tar": t, "protocol": name, "model": model, "report": str(path),
+                        "requested_far": far}
+
+
+def score_text(score: float, metric: str) -> str:
+    """A score in the model's own units: ``cosine 0.812`` or ``distance 0.431``."""
+    return f"cosine {score:.3f}" if metric == "ip" else f"distance {-score:.3f}"
+
+
+def user_threshold_to_score(threshold: float, metric: str) -> float:
+    """``--threshold`` is given in the model's units (cosine, or Euclidean distance); scores negate distances."""
+    return threshold if metric == "ip" else -threshold

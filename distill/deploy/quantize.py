@@ -1,0 +1,232 @@
+"""Post-training static int8 quantisation of an exported ONNX student, and what it costs.
+
+onnxruntime's ``quantize_static`` in QDQ format with per-channel weights, calibrated on aligned
+face crops (training faces, never the evaluation people); then verification accuracy of fp32 and
+int8 on a pairs file, and onnxruntime latency of both.
+
+Example::
+
+    q = quantize_int8("student.onnx", "student.int8.onnx", calib_faces)
+    acc = verification_accuracy({"fp32": OnnxEmbedder("student.onnx"),
+                                 "int8": OnnxEmbedder("student.int8.onnx")}, faces, pairs)
+    lat = onnx_latency("student.int8.onnx", batch_sizes=(1, 32))
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from distill.io import atomic_write_bytes
+
+from .export import with_onnx_metadata
+from .runtime import INPUT_NAME, OnnxEmbedder, preprocessing_of, read_metadata
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def int8_path(fp32_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx``."""
+    p = Path(fp32_path)
+    return p.with_name(p.stem + ".int8" + (p.suffix or ".onnx"))
+
+
+class FaceCalibrationReader:
+    """onnxruntime ``CalibrationDataReader`` over aligned uint8 faces, preprocessed like the model's input."""
+
+    def __init__(self, faces: np.ndarray, meta: dict[str, Any], batch_size: int = 32) -> None:
+        self.faces, self.pre, self.batch_size = faces, preprocessing_of(meta), batch_size
+        self.pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= len(self.faces):
+            return None
+        batch = np.array(self.faces[self.pos:self.pos + self.batch_size], dtype=np.uint8)
+        self.pos += self.batch_size
+        return {INPUT_NAME: self.pre(torch.from_numpy(batch)).numpy()}
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+    def __iter__(self):  # onnxruntime >= 1.16 also iterates readers
+        self.rewind()
+        return iter(self.get_next, None)
+
+
+def quantize_int8(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarray, *, method: str = "minmax",
+                  per_channel: bool = True, batch_size: int = 32) -> dict[str, Any]:
+    """Statically quantise ``fp32_path`` to int8 (QDQ, per-channel) into ``out``, calibrated on ``calib_faces``.
+
+    The metadata of the fp32 model is carried over with ``precision="int8"`` and the calibration
+    recorded. Returns ``{"path", "bytes", "calibration"}``.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+    if len(calib_faces) == 0:
+        raise ValueError("int8 calibration needs aligned faces; none were given")
+    meta = read_metadata(fp32_path)
+    if meta["precision"] != "fp32":
+        raise ValueError(f"{fp32_path} is already {meta['precision']}; quantise the fp32 export")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
+        pre_path, q_path = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        # shape inference + graph optimisation first, as onnxruntime's quantisation guide advises
+        quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
+        quantize_static(str(pre_path), str(q_path), FaceCalibrationReader(calib_faces, meta, batch_size),
+                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method])
+        proto = onnx.load(str(q_path))
+    calibration = {"faces": int(len(calib_faces)), "method": method, "per_channel": per_channel,
+                   "format": "QDQ", "activations": "int8", "weights": "int8"}
+    qmeta = {**meta, "precision": "int8", "calibration": calibration}
+    data = with_onnx_metadata(proto, qmeta).SerializeToString()
+    atomic_write_bytes(out, data)
+    return {"path": Path(out), "bytes": len(data), "calibration": calibration}
+
+
+# --------------------------------------------------------------------------- accuracy
+def subset_pairs(n_pairs: int, is_same: np.ndarray, max_pairs: int | None) -> np.ndarray:
+    """Indices of at most ``max_pairs`` pairs, half same / half different, evenly spaced in the file
+    (so View-1's positional folds stay populated)."""
+    idx = np.arange(n_pairs)
+    if not max_pairs or max_pairs >= n_pairs:
+        return idx
+    out = []
+    for want in (True, False):
+        block = idx[is_same == want]
+        k = min(len(block), max_pairs // 2)
+        out.append(block[np.linspace(0, len(block) - 1, k).round().astype(np.int64)] if k else block[:0])
+    return np.sort(np.concatenate(out))
+
+
+def image_ext(images_root: str | Path) -> str:
+    """The image extension of an identity-folder tree (``.jpg`` for LFW, ``.png`` for the synthetic set)."""
+    from distill.data.folders import IMAGE_EXTENSIONS
+
+    for d in sorted(Path(images_root).iterdir()):
+        if d.is_dir():
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    return f.suffix
+    return ".jpg"
+
+
+def load_pairs(pairs_file: str | Path, images_root: str | Path, *, max_pairs: int | None = None):
+    """``(rel_paths, PairIndex into rel_paths, people)`` of a LFW-format pairs file (optionally a subset)."""
+    from distill.data.pairs import read_pairs
+    from distill.evaluation import PairIndex
+
+    proto = read_pairs(pairs_file, images_root, ext=image_ext(images_root))
+    keep = subset_pairs(len(proto), proto.is_same, max_pairs)
+    a = [proto.rel_path_a[i] for i in keep]
+    b = [proto.rel_path_b[i] for i in keep]
+    rel = sorted(set(a) | set(b))
+    pos = {p: i for i, p in enumerate(rel)}
+    pairs = PairIndex([pos[p] for p in a], [pos[p] for p in b], proto.is_same[keep], proto.fold[keep])
+    people = {p.split("/", 1)[0] for p in rel}
+    return rel, pairs, people
+
+
+def verification_accuracy(embedders: dict[str, Any], faces: np.ndarray, pairs: Any, *,
+                          batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Embed the same aligned faces with each embedder and verify on ``pairs`` (indices into ``faces``).
+
+    Returns ``{label: {"accuracy_mean", "accuracy_std", "auc", "eer", "best_accuracy", "n_pairs"}}``.
+    """
+    from distill.evaluation import evaluate_pairs, extract_embeddings
+
+    out: dict[str, dict[str, Any]] = {}
+    for label, emb in embedders.items():
+        vectors = extract_embeddings(emb, faces, batch_size=batch_size, progress=True)
+        res = evaluate_pairs(vectors, pairs, emb.normalized)
+        out[label] = {k: res[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer", "best_accuracy",
+                                          "n_pairs", "tar_at_far")}
+        out[label]["embeddings"] = vectors
+    return out
+
+
+def embedding_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """How well model ``b`` reproduces model ``a`` on the same faces.
+
+    ``relative_error``: mean ``||b - a||`` over the mean distance between ``a``'s embeddings of
+    *different* faces. Cosine alone can hide a collapsed model (every face at nearly the same point,
+    cosine ~1 to everything); a relative error near or above 0.1 means quantisation noise is
+    comparable to what separates faces, and verification accuracy will suffer.
+    """
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    err = float(np.linalg.norm(a - b, axis=1).mean())
+    spread = float(np.linalg.norm(a[:, None] - a[None], axis=2)[np.triu_indices(len(a), 1)].mean()) \
+        if len(a) > 1 else float("nan")
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+            "max_abs_diff": float(np.abs(a - b).max()), "mean_error": err, "spread": spread,
+            "relative_error": err / spread if spread > 0 else float("inf")}
+
+
+# --------------------------------------------------------------------------- latency
+def onnx_latency(path: str | Path, *, batch_sizes: Iterable[int] = (1, 32), warmup: int = 2, repeats: int = 10,
+                 threads: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median onnxruntime wall time per batch on random preprocessed input (CPU provider).
+
+    Returns ``{str(batch): {"ms_per_batch", "ms_per_image", "images_per_s", "repeats"}}``.
+    """
+    emb = OnnxEmbedder(path, threads=threads)
+    size = emb.preprocessing.input_size
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {}
+    for b in batch_sizes:
+        x = rng.standard_normal((b, 3, size, size), dtype=np.float32)
+        for _ in range(warmup):
+            emb.run(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            emb.run(x)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        out[str(b)] = {"ms_per_batch": med * 1e3, "ms_per_image": med * 1e3 / b, "images_per_s": b / med,
+                       "repeats": repeats}
+    return out
+
+
+def latency_table(rows: Sequence[tuple[str, dict[str, dict[str, float]]]]) -> str:
+    """Plain-text table of :func:`onnx_latency` results, one row per (label, latency)."""
+    batches = sorted({int(b) for _, lat in rows for b in lat})
+    head = "model  " + "  ".join(f"b={b}: ms/batch  img/s" for b in batches)
+    lines = [head]
+    for label, lat in rows:
+        cells = [f"{lat[str(b)]['ms_per_batch']:9.2f}  {lat[str(b)]['images_per_s']:7.0f}" if str(b) in lat
+                 else " " * 18 for b in batches]
+        lines.append(f"{label:6s} " + "  ".join(f"{c:>24s}" for c in cells))
+    return "\n".join(lines)
+
+
+def onnx_cost(path: str | Path, *, batch_sizes: Sequence[int] = (1, 32), latency: bool = True) -> dict[str, Any]:
+    """:func:`distill.evaluation.measure_cost`'s dict for an exported ONNX file, so evaluation can report the
+    file it measured: params and mult-adds of the architecture (rebuilt from the metadata), file size, and
+    onnxruntime latency under ``latency[<precision>]`` (``images_per_s`` = the largest batch).
+    """
+    from distill.pipeline import StudentSpec
+    from distill.profile import profile
+
+    meta = read_metadata(path)
+    size = int(meta["preprocessing"]["input_size"])
+    c = profile(StudentSpec(meta["student"]["name"], dict(meta["student"]["kwargs"])).build(), size)
+    out: dict[str, Any] = {"params": c.params, "mult_adds": c.mult_adds, "input_size": size,
+                           "file_bytes": Path(path).stat().st_size, "threads": torch.get_num_threads(),
+                           "runtime": f"onnxruntime {meta['precision']}", "latency": {}, "images_per_s": None}
+    if latency:
+        lat = onnx_latency(path, batch_sizes=batch_sizes)
+        out["latency"][f"onnx-{meta['precision']}"] = lat
+        out["images_per_s"] = lat[str(max(batch_sizes))]["images_per_s"]
+    return out
