@@ -15,6 +15,7 @@ files and makes the exit status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shlex
 import sys
@@ -119,9 +120,17 @@ def run_memory(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str
     return bench_memory(quick=args.quick, log=log)
 
 
+def run_export(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    from benchmarks.export import bench_export
+
+    trained = [p for p in args.export_checkpoint if p.is_file()]
+    return bench_export(trained, alphas=(0.25,) if args.quick else (1.0, 0.5, 0.25), input_size=112,
+                        quick=args.quick)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Callable[[str], None]], dict[str, Any]]] = {
     "inference": run_inference, "speedup": run_speedup, "dlib_port": run_dlib_port, "training": run_training,
-    "evaluation": run_evaluation, "memory": run_memory}
+    "evaluation": run_evaluation, "memory": run_memory, "export": run_export}
 
 
 # --------------------------------------------------------------------------- main
@@ -143,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"1:N search galleries SIZE:DIM[+DIM],... (default {DEFAULT_EVAL_GRID}; quick "
                          f"{QUICK_EVAL_GRID})")
     ap.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    ap.add_argument("--export-checkpoint", type=Path, action="append", default=[], metavar="STUDENT_PT",
+                    help="trained student.pt to export and measure (fp32 vs int8 accuracy on LFW DevTest)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other sections of the existing --json and re-run only --sections")
     return ap
 
 
@@ -154,11 +167,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    doc: dict[str, Any] = {"meta": machine_info(shlex.join(["python", "-m", "benchmarks", *argv]), args.quick),
-                           "sections": {}, "errors": {}}
+    command = shlex.join(["python", "-m", "benchmarks", *argv])
+    doc: dict[str, Any] = {"meta": machine_info(command, args.quick), "sections": {}, "errors": {}}
     doc["meta"]["sections"] = args.sections
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    if args.update and args.json.is_file():  # re-run some sections, keep the rest as measured
+        old = json.loads(args.json.read_text())
+        doc["sections"] = {k: v for k, v in old.get("sections", {}).items() if k not in args.sections}
+        doc["errors"] = {k: v for k, v in old.get("errors", {}).items() if k not in args.sections}
+        seconds = {k: v for k, v in old["meta"].get("section_seconds", {}).items() if k not in args.sections}
+        cpu = {k: v for k, v in old["meta"].get("section_cpu_seconds", {}).items() if k not in args.sections}
+        doc["meta"]["command"] = f"{old['meta']['command']}, then {command}"
+        doc["meta"]["sections"] = [s for s in SECTIONS if s in doc["sections"] or s in args.sections]
     start = time.perf_counter()
     for i, name in enumerate(args.sections, 1):
         log(f"[{i}/{len(args.sections)}] {name} ...")
@@ -171,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         seconds[name], cpu[name] = time.perf_counter() - t0, cpu_seconds() - c0
         log(f"[{i}/{len(args.sections)}] {name} done in {seconds[name]:.1f} s ({cpu[name]:.1f} CPU s)")
-        doc["meta"].update(section_seconds=seconds, section_cpu_seconds=cpu, seconds=time.perf_counter() - start)
+        doc["meta"].update(section_seconds=seconds, section_cpu_seconds=cpu,
+                           seconds=sum(seconds.values()) if args.update else time.perf_counter() - start)
         write_results(doc, args.out, args.json)
     log(f"wrote {args.out} and {args.json} in {time.perf_counter() - start:.0f} s"
         + (f"; failed sections: {', '.join(doc['errors'])}" if doc["errors"] else ""))

@@ -30,6 +30,7 @@ SECTIONS: dict[str, str] = {
     "training": "4. Distillation training samples/s",
     "evaluation": "5. Evaluation: verification and 1:N search",
     "memory": "6. Peak memory",
+    "export": "7. Exported students: fp32 vs int8 (onnxruntime)",
 }
 #: approximate search goal at 1M: recall@1 >= this ...
 SEARCH_RECALL_GOAL = 0.99
@@ -327,8 +328,15 @@ def md_memory(mem: dict[str, Any]) -> str:
                       _table(["task", "what", "setting", "peak RSS MiB", "wait4 maxrss MiB", "wall s"], rows)])
 
 
+def md_export(exp: dict[str, Any]) -> str:
+    from benchmarks.export import to_markdown
+
+    return ("Students exported by `distill export --int8` (static QDQ int8, per-channel, calibrated on aligned "
+            "faces); untrained students give latency and size only.\n\n" + to_markdown(exp))
+
+
 RENDER = {"inference": md_inference, "dlib_port": md_dlib_port, "training": md_training,
-          "evaluation": md_evaluation, "memory": md_memory}
+          "evaluation": md_evaluation, "memory": md_memory, "export": md_export}
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

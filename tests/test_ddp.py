@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -24,7 +25,9 @@ from distill.io import safe_torch_load
 from distill.losses import DistillLoss
 from distill.preprocess import Preprocessing
 from distill.train import OnlineTeacher, fit
-from test_trainer import flip_jitter, one_thread, orl_faces, settings, tiny_student, tiny_teacher  # noqa: F401
+from test_trainer import flip_jitter, orl_faces, settings, tiny_student, tiny_teacher  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _free_port() -> int:

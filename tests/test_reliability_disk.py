@@ -30,12 +30,7 @@ from test_reliability_helpers import ROOT, cli_env, orl_faces, standardizing_tea
 QUIET = dict(progress=False, log=lambda m: None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @contextlib.contextmanager

@@ -118,24 +118,13 @@ def assert_same_student(a: Path, b: Path, rtol: float = 1e-4, atol: float = 1e-5
 
 
 # --------------------------------------------------------------------------- trainer-level pieces
-ORL = Path(os.environ.get("FACEDISTILL_SHARED", ROOT.parent / "shared")) / "data" / "orl"
 
 
 def orl_faces(people: int = 4, per_person: int = 4, size: int = 48) -> "np.ndarray":
-    """Real faces: ORL's grey 92x112 photos, centre-cropped square, as uint8 RGB ``(N, size, size, 3)``."""
-    import numpy as np
-    import pytest
-    from PIL import Image
+    """Real faces (ORL), smaller by default than the trainer tests' (same loader)."""
+    from test_trainer import orl_faces as load
 
-    if not (ORL / "s1" / "1.pgm").exists():
-        pytest.skip(f"ORL faces not found at {ORL} (set FACEDISTILL_SHARED to the shared/ folder)")
-    out = []
-    for p in range(1, people + 1):
-        for i in range(1, per_person + 1):
-            img = Image.open(ORL / f"s{p}" / f"{i}.pgm").convert("RGB")
-            w, h = img.size
-            out.append(np.asarray(img.crop((0, (h - w) // 2, w, (h - w) // 2 + w)).resize((size, size))))
-    return np.stack(out)
+    return load(people, per_person, size)
 
 
 class StandardizingNet(torch.nn.Module):

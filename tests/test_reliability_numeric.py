@@ -29,12 +29,7 @@ TEACHER = "reliability_standardizing"
 QUIET = dict(progress=False, log=lambda m: None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

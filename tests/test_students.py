@@ -113,3 +113,4 @@ def test_briefly_trained_mobilenet_does_not_collapse_in_eval_mode() -> None:
         emb = net.eval()(torch.randn(8, 3, 112, 112))
     spread = (emb - emb.mean(0)).norm(dim=1).mean() / emb.norm(dim=1).mean()
     assert spread > 1e-3, f"eval-mode embeddings collapsed (relative spread {spread:.2e})"
+

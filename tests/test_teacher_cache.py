@@ -13,7 +13,9 @@ from distill.losses import DistillLoss
 from distill.preprocess import Preprocessing
 from distill.train import build_lookup_cache, build_teacher_cache, fit
 from teachers import CallableTeacher
-from test_trainer import flip_jitter, one_thread, orl_faces, settings, tiny_student, tiny_teacher  # noqa: F401
+from test_trainer import flip_jitter, orl_faces, settings, tiny_student, tiny_teacher  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 K = 3
 

@@ -31,13 +31,7 @@ from teachers import CallableTeacher
 ORL = SHARED / "data" / "orl"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs run ~10x faster on 1 thread than on 2 contended ones (the CI box has 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def orl_faces(people: int = 8, per_person: int = 4, size: int = 64) -> np.ndarray:
