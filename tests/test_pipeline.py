@@ -163,3 +163,13 @@ def test_eval_measures_an_exported_onnx_file(tiny_run: Path, tmp_path: Path) -> 
     assert student["file_bytes"] == onnx_path.stat().st_size
     assert student["protocols"]["synthetic-test"]["accuracy_mean"] == pytest.approx(
         ref["protocols"]["synthetic-test"]["accuracy_mean"], abs=0.02)
+
+
+def test_cache_teacher_reuses_the_runs_cache(tiny_run: Path) -> None:
+    """`distill cache-teacher` on the run's data finds the cache the run built (a sweep pays once)."""
+    cache = tiny_run.parent / "cache"
+    before = sorted(p.name for p in (cache / "teacher").iterdir())
+    res = distill_cli("cache-teacher", "configs/quickstart.yaml", *TINY, "--set", f"data.cache_dir={cache}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "teacher cache ready" in res.stdout
+    assert sorted(p.name for p in (cache / "teacher").iterdir()) == before, "no second cache was built"
