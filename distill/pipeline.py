@@ -201,16 +201,25 @@ def resolve_sources(cfg: Config, log: Log) -> tuple[Path, list[PairsSpec], list[
         for lfw in dict.fromkeys(_lfw_dir_of(s) for s in cfg.eval.pairs):
             ensure_lfw(lfw, download=True)
     assert cfg.data.root is not None
-    return cfg.data.root, list(cfg.eval.pairs), list(cfg.data.exclude_identities_in), None
+    exclude = list(cfg.data.exclude_identities_in)
+    if cfg.eval.images_root is None or Path(cfg.eval.images_root).resolve() == cfg.data.root.resolve():
+        # evaluation people live in the training folder: never train on them
+        exclude += [s.file for s in cfg.eval.pairs if not s.teacher_only and s.file not in exclude]
+    return cfg.data.root, list(cfg.eval.pairs), exclude, None
 
 
 def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None = None) -> TrainData:
-    from distill.data import identity_disjoint_split, save_image_list, scan_identity_folder
+    from distill.data import Split, identity_disjoint_split, save_image_list, scan_identity_folder
 
     root, _, exclude, _ = resolve_sources(cfg, log)
     images = scan_identity_folder(root)
-    split = identity_disjoint_split(images, exclude_pairs=exclude, holdout_fraction=cfg.data.holdout_fraction,
-                                    seed=cfg.seed)
+    if exclude or cfg.data.holdout_fraction is not None:
+        split = identity_disjoint_split(images, exclude_pairs=exclude, holdout_fraction=cfg.data.holdout_fraction,
+                                        seed=cfg.seed)
+    else:  # evaluation images come from another root (e.g. train on VGGFace2, test on LFW)
+        split = Split(images, [], {"identity_disjoint": "by data set: evaluation images are under "
+                                   f"{cfg.eval.images_root}, training images under {root}",
+                                   "train_images": len(images), "held_out_identities": 0})
     train = split.train
     if cfg.data.max_train_images and len(train) > cfg.data.max_train_images:
         pick = np.random.default_rng(cfg.seed).choice(len(train), cfg.data.max_train_images, replace=False)

@@ -173,3 +173,24 @@ def test_cache_teacher_reuses_the_runs_cache(tiny_run: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert "teacher cache ready" in res.stdout
     assert sorted(p.name for p in (cache / "teacher").iterdir()) == before, "no second cache was built"
+
+
+def test_training_folder_split_follows_where_the_evaluation_people_live(lfw_root: Path, tmp_path: Path) -> None:
+    """Same root as the evaluation pairs: their people are excluded. Another root (train on one data set,
+    test on LFW): nothing to exclude, and the record says why the split is still identity-disjoint."""
+    from distill.config import validate
+    from distill.pipeline import prepare_train
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    devtest_person, other = "Abdullah_Gul", "Adam_Sandler"  # Abdullah_Gul is a pairsDevTest.txt person
+    for person in (devtest_person, other):
+        (faces / person).symlink_to(lfw_root / "lfw-deepfunneled" / person)
+    base = {"data": {"source": "folder", "root": str(faces), "cache_dir": str(tmp_path / "cache")},
+            "eval": {"pairs": [str(lfw_root / "pairsDevTest.txt")]}}
+    same_root = prepare_train(validate(base), "dlib_150", lambda m: None)
+    assert same_root.images.identities == [other]
+    base["eval"]["images_root"] = str(lfw_root / "lfw-deepfunneled")
+    other_root = prepare_train(validate(base), "dlib_150", lambda m: None)
+    assert sorted(other_root.images.identities) == sorted([devtest_person, other])
+    assert other_root.record["split"]["identity_disjoint"].startswith("by data set")
