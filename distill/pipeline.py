@@ -204,7 +204,8 @@ def resolve_sources(cfg: Config, log: Log) -> tuple[Path, list[PairsSpec], list[
     exclude = list(cfg.data.exclude_identities_in)
     if cfg.eval.images_root is None or Path(cfg.eval.images_root).resolve() == cfg.data.root.resolve():
         # evaluation people live in the training folder: never train on them
-        exclude += [s.file for s in cfg.eval.pairs if not s.teacher_only and s.file not in exclude]
+        people_files = [s.only_people_in or s.file for s in cfg.eval.pairs if not s.teacher_only]
+        exclude += [f for f in dict.fromkeys(people_files) if f not in exclude]
     return cfg.data.root, list(cfg.eval.pairs), exclude, None
 
 

@@ -194,3 +194,14 @@ def test_training_folder_split_follows_where_the_evaluation_people_live(lfw_root
     other_root = prepare_train(validate(base), "dlib_150", lambda m: None)
     assert sorted(other_root.images.identities) == sorted([devtest_person, other])
     assert other_root.record["split"]["identity_disjoint"].startswith("by data set")
+
+
+def test_lfw_recipe_trains_on_everyone_but_devtest_people(lfw_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.config import load_config
+    from distill.pipeline import resolve_sources
+
+    monkeypatch.setenv("FACEDISTILL_LFW", str(lfw_root))
+    cfg = load_config(ROOT / "configs" / "dlib_to_mobilenet_lfw.yaml")
+    _, specs, exclude, _ = resolve_sources(cfg, lambda m: None)
+    assert [p.name for p in exclude] == ["pairsDevTest.txt"]  # View 2 restricted to DevTest people adds nobody
+    assert [s.label for s in specs] == ["DevTest", "View2-DevTest-people", "View2"]
