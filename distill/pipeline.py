@@ -209,10 +209,15 @@ def resolve_sources(cfg: Config, log: Log) -> tuple[Path, list[PairsSpec], list[
     return cfg.data.root, list(cfg.eval.pairs), exclude, None
 
 
-def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None = None) -> TrainData:
+#: what resolve_sources returns; resolve once and pass it to both prepare_* calls
+Sources = tuple[Path, list[PairsSpec], list[Path], Any]
+
+
+def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None = None,
+                  sources: Sources | None = None) -> TrainData:
     from distill.data import Split, identity_disjoint_split, save_image_list, scan_identity_folder
 
-    root, _, exclude, _ = resolve_sources(cfg, log)
+    root, _, exclude, _ = sources or resolve_sources(cfg, log)
     images = scan_identity_folder(root)
     if exclude or cfg.data.holdout_fraction is not None:
         split = identity_disjoint_split(images, exclude_pairs=exclude, holdout_fraction=cfg.data.holdout_fraction,
@@ -237,11 +242,11 @@ def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None 
     return TrainData(train, aligned.faces, aligned.rel_paths, record)
 
 
-def prepare_eval(cfg: Config, template: str, log: Log) -> EvalData:
+def prepare_eval(cfg: Config, template: str, log: Log, *, sources: Sources | None = None) -> EvalData:
     from distill.data import read_pairs, scan_identity_folder
     from distill.evaluation import PairIndex
 
-    root, specs, exclude, synth = resolve_sources(cfg, log)
+    root, specs, exclude, synth = sources or resolve_sources(cfg, log)
     images_root = Path(cfg.eval.images_root or root)
     protos = []
     held: set[str] = set()
@@ -536,8 +541,9 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
 
     if not env.is_main:
         barrier()  # rank 0 generates/aligns first; the others then read its caches
-    train = prepare_train(cfg, template, log, run_dir=run_dir if env.is_main else None)
-    evald = prepare_eval(cfg, template, log)
+    sources = resolve_sources(cfg, log)  # generate/download once for both sets
+    train = prepare_train(cfg, template, log, run_dir=run_dir if env.is_main else None, sources=sources)
+    evald = prepare_eval(cfg, template, log, sources=sources)
     if env.is_main:
         atomic_write_json(run_dir / "data_record.json", {"train": train.record, "eval": evald.record})
         barrier()
