@@ -265,4 +265,4 @@ def test_time_budget_fits_the_cosine_decay(tmp_path: Path) -> None:
     state = safe_torch_load(res.last_checkpoint)
     assert state["scheduler"]["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": horizon, "fitted": True}
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert float(rows[-1]["lr"]) < 0.05 * float(max(r["lr"] for r in rows))
+    assert float(rows[-1]["lr"]) < 0.05 * max(float(r["lr"]) for r in rows)
