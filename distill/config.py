@@ -138,6 +138,10 @@ class PairsSpec(Section):
         "keep only pairs whose people all appear in this pairs file (e.g. View 2 restricted to DevTest people)"))
     teacher_only: bool = Field(False, description=(
         "evaluate the teacher alone (the pairs may share people with the training set)"))
+    all_pairs: bool = Field(False, description=(
+        "instead of the file's pairs, evaluate every pair of images of its people (those also in "
+        "only_people_in, if given): genuine = same person, impostor = different people; "
+        "enough impostors for TAR at low FAR (LFW DevTest people: 3.7M)"))
 
     @property
     def label(self) -> str:
@@ -146,7 +150,7 @@ class PairsSpec(Section):
 
 class EvalSettings(Section):
     pairs: list[PairsSpec] = Field(default_factory=list, description=(
-        "pairs protocols to evaluate on: a path, or {file, name, only_people_in, teacher_only}; "
+        "pairs protocols to evaluate on: a path, or {file, name, only_people_in, teacher_only, all_pairs}; "
         "synthetic data brings its own"))
     images_root: Optional[Path] = Field(None, description="where pairs' images live (default: data.root)")
     download_lfw: bool = Field(False, description=(
@@ -186,8 +190,12 @@ class Config(Section):
 # --------------------------------------------------------------------------- loading
 def _valid_keys(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     for key in path:
+        if key.isdigit():
+            continue  # an item of a list of sections (eval.pairs.0): its model came from the list
         field = model.model_fields.get(key)
         ann = getattr(field, "annotation", None)
+        if typing.get_origin(ann) is list:
+            ann = typing.get_args(ann)[0]
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann
@@ -338,14 +346,18 @@ def reference_markdown(model: type[BaseModel] = Config, prefix: str = "") -> str
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             nested.append((key, ann))
             continue
-        default = field.get_default(call_default_factory=True)
+        item = typing.get_args(ann)[0] if typing.get_origin(ann) is list and typing.get_args(ann) else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            nested.append((f"{key}[]", item))  # a list of sections (eval.pairs): document the item's keys too
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             default = str(default)
         limits = ", ".join(f"{sym} {getattr(m, attr)}" for m in field.metadata
                            for attr, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
                            if getattr(m, attr, None) is not None)
         desc = (field.description or "") + (f" ({limits})" if limits else "")
-        rows.append(f"| `{key}` | {_type_name(field.annotation)} | `{default!r}` | {desc} |")
+        shown = "required" if field.is_required() else f"`{default!r}`"
+        rows.append(f"| `{key}` | {_type_name(field.annotation)} | {shown} | {desc} |")
     text = ""
     if rows:
         title = prefix.rstrip(".") or "top level"

@@ -248,27 +248,35 @@ def prepare_eval(cfg: Config, template: str, log: Log, *, sources: Sources | Non
 
     root, specs, exclude, synth = sources or resolve_sources(cfg, log)
     images_root = Path(cfg.eval.images_root or root)
+    scanned = scan_identity_folder(images_root)
     protos = []
     held: set[str] = set()
     for spec in specs:
         proto = read_pairs(spec.file, images_root, ext=synth.ext if synth is not None else ".jpg")
         keep = np.ones(len(proto), dtype=bool)
+        people = proto.people()
         if spec.only_people_in is not None:
-            people = read_pairs(spec.only_people_in, images_root, check_exists=False).people()
+            people &= read_pairs(spec.only_people_in, images_root, check_exists=False).people()
             keep = np.array([a.split("/", 1)[0] in people and b.split("/", 1)[0] in people
                              for a, b in zip(proto.rel_path_a, proto.rel_path_b)], dtype=bool)
-        protos.append((spec, proto, keep))
+        if spec.all_pairs:  # every image of the people, not the file's pairs (see _all_pairs_index)
+            everyone = scanned.select_identities(people)
+            protos.append((spec, everyone, None))
+            used = set(everyone.identities)
+        else:
+            protos.append((spec, proto, keep))
+            used = {p.split("/", 1)[0] for i in np.flatnonzero(keep)
+                    for p in (proto.rel_path_a[i], proto.rel_path_b[i])}
         if not spec.teacher_only:  # the people of the pairs kept, not of the whole file
-            held |= {p.split("/", 1)[0] for i in np.flatnonzero(keep)
-                     for p in (proto.rel_path_a[i], proto.rel_path_b[i])}
+            held |= used
     for f in exclude:
         if Path(f).is_file():
             held |= read_pairs(f, images_root, check_exists=False).people()
     # identification gallery: every image of the held-out people; plus every image any protocol uses
-    scanned = scan_identity_folder(images_root)
     held_imgs = [p for p in scanned.rel_paths if p.split("/", 1)[0] in held]
     pair_imgs = [p for _, proto, keep in protos
-                 for p in np.array(proto.rel_path_a + proto.rel_path_b)[np.r_[keep, keep]]]
+                 for p in (proto.rel_paths if keep is None
+                           else np.array(proto.rel_path_a + proto.rel_path_b)[np.r_[keep, keep]])]
     rel = sorted(set(held_imgs) | set(pair_imgs))
     aligned = _align(cfg, images_root, rel, template, log)
     pos = {p: i for i, p in enumerate(aligned.rel_paths)}
@@ -278,20 +286,40 @@ def prepare_eval(cfg: Config, template: str, log: Log, *, sources: Sources | Non
     held_mask = np.array([p.split("/", 1)[0] in held for p in aligned.rel_paths], dtype=bool)
     out: list[EvalProtocol] = []
     for spec, proto, keep in protos:
-        ok = keep & np.array([a in pos and b in pos for a, b in zip(proto.rel_path_a, proto.rel_path_b)])
-        dropped = int(keep.sum() - ok.sum())
+        if keep is None:
+            pairs, dropped = _all_pairs_index(proto, pos)
+        else:
+            ok = keep & np.array([a in pos and b in pos for a, b in zip(proto.rel_path_a, proto.rel_path_b)])
+            dropped = int(keep.sum() - ok.sum())
+            idx = np.flatnonzero(ok)
+            pairs = PairIndex(np.array([pos[proto.rel_path_a[i]] for i in idx], dtype=np.int64),
+                              np.array([pos[proto.rel_path_b[i]] for i in idx], dtype=np.int64),
+                              proto.is_same[idx], proto.fold[idx])
         if dropped:
             log(f"{spec.label}: {dropped} pairs dropped (their images were skipped in alignment; see the record)")
-        idx = np.flatnonzero(ok)
-        pairs = PairIndex(np.array([pos[proto.rel_path_a[i]] for i in idx], dtype=np.int64),
-                          np.array([pos[proto.rel_path_b[i]] for i in idx], dtype=np.int64),
-                          proto.is_same[idx], proto.fold[idx])
-        out.append(EvalProtocol(spec.label, pairs, spec.teacher_only, len(idx)))
-        log(f"protocol {spec.label}: {len(idx)} pairs ({int(proto.is_same[idx].sum())} same)"
+        out.append(EvalProtocol(spec.label, pairs, spec.teacher_only, len(pairs)))
+        log(f"protocol {spec.label}: {len(pairs)} pairs ({int(pairs.is_same.sum())} same)"
+            + (f", every pair of {len(proto)} images of {proto.num_identities} people" if keep is None else "")
             + (", teacher only" if spec.teacher_only else ""))
     record = {"eval_images": len(aligned), "held_out_identities": len(held), "alignment": aligned.record.to_dict(),
               "protocols": {p.name: p.size for p in out}}
     return EvalData(aligned.faces, aligned.rel_paths, labels, identities, held_mask, out, record)
+
+
+def _all_pairs_index(images: Any, pos: dict[str, int]) -> tuple[Any, int]:
+    """(PairIndex of every pair of ``images`` (an ImageList) that were aligned, pairs dropped).
+
+    Images skipped in alignment are removed before pairing, so pairs never go through
+    Python loops (3.7M for LFW DevTest people) and folds stay per person.
+    """
+    from distill.data import all_pairs
+    from distill.evaluation import PairIndex
+
+    where = np.array([pos.get(p, -1) for p in images.rel_paths], dtype=np.int64)
+    aligned = where >= 0
+    a, b, same, fold = all_pairs(images.subset(aligned).labels)
+    n = len(images)
+    return PairIndex(where[aligned][a], where[aligned][b], same, fold), n * (n - 1) // 2 - len(a)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -436,37 +464,33 @@ def format_plan(p: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- run
-def _lowest_far(protocol: dict) -> tuple[float | None, float | None]:
-    """(FAR, TAR) at the lowest FAR the pair count can estimate."""
-    tars = protocol.get("tar_at_far") or {}
-    for far, tar in sorted(((float(k), v) for k, v in tars.items()), key=lambda kv: kv[0]):
-        if tar is not None:
-            return far, tar
-    return None, None
+def _text_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    return [fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)]
 
 
 def _summary_table(results: list[Any], report_paths: dict[str, Path]) -> str:
-    proto_name = next(iter(results[-1].protocols), "")
-    far = min((f for r in results for f in [_lowest_far(r.protocols.get(proto_name, {}))[0]] if f is not None),
-              default=None)
+    """The numbers a user looks for first: every protocol's accuracy/AUC/EER/TAR, then cost and fidelity."""
+    from distill.evaluation import DEFAULT_FARS
+
+    pct = lambda x, d=2: "n/a" if x is None else f"{100 * x:.{d}f}"  # noqa: E731
     rows = []
     for r in results:
-        proto = r.protocols.get(proto_name, {})
-        tar = (proto.get("tar_at_far") or {}).get(f"{far:g}" if far is not None else "", None)
-        if tar is None and far is not None:
-            tar = (proto.get("tar_at_far") or {}).get(far)
-        ips = r.cost.get("images_per_s")
-        rows.append([r.role, r.name, f"{100 * proto.get('accuracy_mean', float('nan')):.2f}",
-                     "n/a" if tar is None else f"{100 * tar:.1f}",
-                     "" if not r.fidelity else f"{r.fidelity['mean']:.3f}",
-                     f"{r.cost['params'] / 1e6:.2f}M", f"{r.cost['mult_adds'] / 1e6:.1f}M",
-                     "" if ips is None else f"{ips:.0f}"])
-    head = ["role", "model", "acc %", f"TAR@FAR={far:g} %" if far else "TAR %", "cos to teacher", "params",
-            "mult-adds", "img/s (b32)"]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
-    return "\n".join([f"verification on {proto_name} (10-fold accuracy):", fmt(head),
-                      fmt(["-" * w for w in widths]), *map(fmt, rows), f"report: {report_paths['html']}"])
+        for name, p in r.protocols.items():
+            tars = p.get("tar_at_far") or {}
+            rows.append([r.role, r.name, name, f"{p.get('n_pairs', 0):,}",
+                         f"{pct(p.get('accuracy_mean'))} ± {pct(p.get('accuracy_std'))}",
+                         f"{p.get('auc', float('nan')):.4f}", pct(p.get("eer")),
+                         *(pct(tars.get(f"{far:g}", tars.get(far)), 1) for far in DEFAULT_FARS)])
+    verify = _text_table(["role", "model", "protocol", "pairs", "acc % (10-fold)", "AUC", "EER %",
+                          *(f"TAR@{far:g} %" for far in DEFAULT_FARS)], rows)
+    cost = _text_table(["role", "model", "cos to teacher", "params", "mult-adds", "img/s (b32)"], [
+        [r.role, r.name, "" if not r.fidelity else f"{r.fidelity['mean']:.3f}", f"{r.cost['params'] / 1e6:.2f}M",
+         f"{r.cost['mult_adds'] / 1e6:.1f}M", "" if r.cost.get("images_per_s") is None
+         else f"{r.cost['images_per_s']:.0f}"] for r in results])
+    return "\n".join(["verification (n/a: too few impostor pairs for that FAR):", *verify, "", *cost,
+                      f"report: {report_paths['html']}"])
 
 
 def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, log: Log = print) -> dict[str, Any]:

@@ -97,6 +97,15 @@ def test_pairs_accept_paths_or_specs() -> None:
     assert cfg.eval.pairs[1].teacher_only
 
 
+def test_all_pairs_spec_parses_and_typos_are_named() -> None:
+    cfg = validate({"eval": {"pairs": ["a/pairsDevTest.txt", {"file": "a/pairsDevTest.txt", "all_pairs": True}]}})
+    assert [p.all_pairs for p in cfg.eval.pairs] == [False, True]
+    with pytest.raises(ConfigError, match=r"'eval.pairs.0.all_pair'. Did you mean 'eval.pairs.0.all_pairs'"):
+        validate({"eval": {"pairs": [{"file": "a/pairsDevTest.txt", "all_pair": True}]}})
+    with pytest.raises(ConfigError, match=r"'eval.pairs.0.all_pairs' = 'maybe'"):
+        validate({"eval": {"pairs": [{"file": "a/pairsDevTest.txt", "all_pairs": "maybe"}]}})
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path: Path) -> None:
     load_config(path)

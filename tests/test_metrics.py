@@ -151,3 +151,18 @@ def test_auc_is_the_mann_whitney_probability(pairs):
     # no threshold beats it
     for t in np.r_[np.unique(scores), np.inf]:
         assert accuracy_at(scores, same, t) <= acc + 1e-12
+
+
+def test_evaluate_pairs_flags_lopsided_protocols():
+    """Every-pair protocols (all_pairs) are >99% impostors: accuracy says little, the report says so."""
+    from distill.data.pairs import all_pairs
+    from distill.evaluation import PairIndex, evaluate_pairs
+
+    labels = np.repeat(np.arange(100), 2)                      # 200 images: 100 genuine of 19,900 pairs
+    emb = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    res = evaluate_pairs(emb, PairIndex(*all_pairs(labels)), normalized=True)
+    assert (res["n_genuine"], res["n_impostor"], res["n_folds"]) == (100, 19800, 10)
+    assert any("0.5% of the pairs are genuine" in w and "99.50%" in w for w in res["warnings"])
+    assert res["tar_at_far"][1e-4] is not None                 # 19,800 impostors resolve FAR = 1e-4
+    balanced = PairIndex(np.arange(20), np.arange(20) + 20, np.arange(20) % 2 == 0, np.arange(20) % 2)
+    assert not any("of the pairs are" in w for w in evaluate_pairs(emb, balanced, normalized=True)["warnings"])

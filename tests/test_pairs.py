@@ -1,4 +1,5 @@
-"""LFW pairs files: official View 1 / View 2 on the real data, malformed and missing input, write/read."""
+"""LFW pairs files: official View 1 / View 2 on the real data, malformed and missing input, write/read;
+every-pair protocols (all_pairs)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.data.pairs import MissingImagesError, PairsFormatError, read_pairs, write_pairs
+from distill.data.pairs import MissingImagesError, PairsFormatError, all_pairs, read_pairs, write_pairs
 
 
 def _images(root: Path, names: dict[str, int], ext: str = ".jpg") -> Path:
@@ -98,3 +99,39 @@ def test_count_mismatch_and_missing_file(tmp_path: Path) -> None:
         read_pairs(path, tmp_path, check_exists=False)
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         read_pairs(tmp_path / "nope.txt", tmp_path)
+
+
+def test_all_pairs_golden() -> None:
+    labels = np.array([5, 5, 7, 5, 9])           # unsorted, sparse labels: persons 5 -> 0, 7 -> 1, 9 -> 2
+    a, b, same, fold = all_pairs(labels, folds=2)
+    assert list(zip(a.tolist(), b.tolist())) == [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4),
+                                                 (2, 3), (2, 4), (3, 4)]   # C(5, 2), i < j, row-major
+    assert same.tolist() == [True, False, True, False, False, True, False, False, False, False]
+    assert fold.tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0]   # person of the first image, mod 2
+    assert a.dtype == b.dtype == fold.dtype == np.int64 and same.dtype == bool
+    assert [len(x) for x in all_pairs(np.array([3]))] == [0] * 4 and len(all_pairs(np.zeros(0))[0]) == 0
+    with pytest.raises(ValueError, match="folds"):
+        all_pairs(labels, folds=0)
+
+
+def test_all_pairs_counts_and_person_folds() -> None:
+    labels = np.repeat(np.arange(23), np.arange(1, 24) % 4 + 1)   # 23 people, 1..4 images each
+    n, counts = labels.size, np.bincount(labels)
+    a, b, same, fold = all_pairs(labels)
+    assert len(a) == n * (n - 1) // 2 and same.sum() == (counts * (counts - 1) // 2).sum()
+    assert np.all(a < b) and np.array_equal(same, labels[a] == labels[b])
+    assert np.array_equal(fold, labels[a] % 10) and set(fold.tolist()) == set(range(10))
+    for person in range(23):   # a person's genuine pairs never straddle folds
+        assert np.unique(fold[same & (labels[a] == person)]).size <= 1
+
+
+def test_all_pairs_of_lfw_devtest_people(lfw_root: Path) -> None:
+    """The count the DevTest-all-pairs protocol evaluates (View 2 on DevTest people has 78 impostors)."""
+    from distill.data import scan_identity_folder
+
+    people = read_pairs(lfw_root / "pairsDevTest.txt", lfw_root, check_exists=False).people()
+    images = scan_identity_folder(lfw_root / "lfw-deepfunneled").select_identities(people)
+    assert (len(images), images.num_identities) == (2741, 963)
+    a, b, same, fold = all_pairs(images.labels)
+    assert (int(same.sum()), int((~same).sum())) == (23524, 3731646)
+    assert np.unique(fold).size == 10 and all(same[fold == k].any() for k in range(10))

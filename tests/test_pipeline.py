@@ -204,4 +204,48 @@ def test_lfw_recipe_trains_on_everyone_but_devtest_people(lfw_root: Path, monkey
     cfg = load_config(ROOT / "configs" / "dlib_to_mobilenet_lfw.yaml")
     _, specs, exclude, _ = resolve_sources(cfg, lambda m: None)
     assert [p.name for p in exclude] == ["pairsDevTest.txt"]  # View 2 restricted to DevTest people adds nobody
-    assert [s.label for s in specs] == ["DevTest", "View2-DevTest-people", "View2"]
+    assert [s.label for s in specs] == ["DevTest", "View2-DevTest-people", "View2", "DevTest-all-pairs"]
+    assert [s.all_pairs for s in specs] == [False, False, False, True]
+
+
+def test_prepare_eval_all_pairs_protocol(tmp_path: Path) -> None:
+    """all_pairs: every pair of images of the file's people (after only_people_in), aligned images only;
+    the file's own pairs protocol and identification data are unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    from distill import pipeline
+    from distill.config import validate
+    from distill.data.pairs import write_pairs
+
+    faces = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    for name, n in {"ann": 3, "bob": 2, "cy": 1, "dan": 4, "eve": 2}.items():  # eve: training only
+        (faces / name).mkdir(parents=True)
+        for i in range(1, n + 1):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(faces / name / f"{name}_{i:04d}.jpg")
+    (faces / "dan" / "dan_0004.jpg").write_bytes(b"not a jpeg")  # skipped at alignment: its pairs are dropped
+    test = write_pairs(tmp_path / "test.txt", [("ann", 1, 2), ("dan", 1, 2)],
+                       [("ann", 1, "bob", 1), ("cy", 1, "dan", 3)])
+    few = write_pairs(tmp_path / "few.txt", [("ann", 1, 3)], [("ann", 2, "bob", 2)])
+    cfg = validate({"data": {"source": "folder", "root": str(faces), "cache_dir": str(tmp_path / "cache"),
+                             "align_backend": "none"},
+                    "eval": {"pairs": [str(test), {"file": str(test), "name": "all", "all_pairs": True},
+                                       {"file": str(test), "name": "few-all", "all_pairs": True,
+                                        "only_people_in": str(few)}]}})
+    logs: list[str] = []
+    ev = pipeline.prepare_eval(cfg, "dlib_150", logs.append)
+    protos = {p.name: p for p in ev.protocols}
+    # ann 3 + bob 2 + cy 1 + dan 3 aligned = 9 images: C(9,2) = 36 pairs, 3 + 1 + 0 + 3 genuine
+    assert (len(protos["test"].pairs), protos["all"].size) == (4, 36)
+    assert int(protos["all"].pairs.is_same.sum()) == 7
+    assert (protos["few-all"].size, int(protos["few-all"].pairs.is_same.sum())) == (10, 4)  # ann + bob: C(5,2)
+    for p in protos.values():
+        pairs = p.pairs
+        people = [(ev.rel_paths[i].split("/")[0], ev.rel_paths[j].split("/")[0])
+                  for i, j in zip(pairs.idx_a, pairs.idx_b)]
+        assert pairs.is_same.tolist() == [x == y for x, y in people]
+        assert len(set(zip(pairs.idx_a.tolist(), pairs.idx_b.tolist()))) == len(pairs)
+    assert not any(p.startswith("eve/") for p in ev.rel_paths) and "dan/dan_0004.jpg" not in ev.rel_paths
+    assert ev.held_out.all() and ev.record["protocols"]["all"] == 36
+    assert "all: 9 pairs dropped" in "\n".join(logs)  # dan_0004 with each of the 9 aligned images

@@ -25,6 +25,7 @@ from distill.io import safe_torch_load
 from distill.losses import DistillLoss
 from distill.preprocess import Preprocessing
 from distill.train import NonFiniteLossError, OnlineTeacher, fit, lr_factor
+from distill.train.schedule import WarmupCosine
 from students import MobileNet
 from teachers import CallableTeacher
 
@@ -224,6 +225,22 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert lr_factor(110, 10, 110) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_refit_continues_the_cosine_without_a_jump() -> None:
+    h = WarmupCosine(warmup_steps=10, total_steps=110)
+    before = h(60)
+    assert before == pytest.approx(lr_factor(60, 10, 110))
+    h.refit(60, 210)  # the machine got faster: more steps fit, the decay stretches from here
+    assert h(60) == pytest.approx(before) and h(210) == pytest.approx(0.0, abs=1e-12)
+    assert h(61) < before and h(61) > lr_factor(61, 10, 110)
+    at_100 = h(100)
+    h.refit(100, 120)  # slower again: ends sooner, still continuous
+    assert h(100) == pytest.approx(at_100) and h(110) < at_100
+    assert h(120) == pytest.approx(0.0, abs=1e-12)
+    h2 = WarmupCosine(warmup_steps=300, total_steps=10_000)
+    h2.refit(35, 5_000)  # fitted during warmup: the warmup is untouched, the cosine starts at its end
+    assert h2(35) == pytest.approx(36 / 300) and h2(300) == pytest.approx(1.0)
+
+
 def test_sampler_shards_views_and_start() -> None:
     single = EpochViewSampler(20, seed=3)
     single.set_epoch(1)
@@ -259,10 +276,11 @@ def test_time_budget_fits_the_cosine_decay(tmp_path: Path) -> None:
     assert res.stopped == "time_budget" and 35 <= res.steps < 200_000
     fitted = [m for m in logs if "the learning-rate schedule now decays to zero at step" in m]
     assert len(fitted) == 1
-    horizon = int(fitted[0].rsplit("step ", 1)[1])
+    refits = [m for m in logs if "re-fitted to end at step" in m]
+    horizon = int((refits or fitted)[-1].rsplit("step ", 1)[1])
     # it stops where the fitted schedule ends (or a few steps earlier when the wall clock wins)
     assert 0.8 * horizon <= res.steps <= horizon
-    state = safe_torch_load(res.last_checkpoint)
-    assert state["scheduler"]["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": horizon, "fitted": True}
+    state = safe_torch_load(res.last_checkpoint)["scheduler"]["lr_lambdas"][0]
+    assert state["total_steps"] == horizon and state["fitted"] and state["warmup_steps"] == 2
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert float(rows[-1]["lr"]) < 0.05 * max(float(r["lr"]) for r in rows)

@@ -17,7 +17,7 @@ from typing import Any
 from distill.data.augment import Augment, build_augmentation
 from distill.data.folders import (IMAGE_EXTENSIONS, DatasetError, ImageList, SkippedFilesWarning,
                                   load_image_list, save_image_list, scan_identity_folder)
-from distill.data.pairs import (MissingImagesError, PairsFormatError, PairsProtocol, read_pairs,
+from distill.data.pairs import (MissingImagesError, PairsFormatError, PairsProtocol, all_pairs, read_pairs,
                                 write_pairs)
 from distill.data.splits import Split, identity_disjoint_split
 from distill.data.synthetic import SyntheticSet, generate_synthetic, synthetic_dir, synthetic_params
@@ -42,7 +42,7 @@ __all__ = [
     "Augment", "build_augmentation",
     "IMAGE_EXTENSIONS", "DatasetError", "ImageList", "SkippedFilesWarning", "load_image_list",
     "save_image_list", "scan_identity_folder",
-    "MissingImagesError", "PairsFormatError", "PairsProtocol", "read_pairs", "write_pairs",
+    "MissingImagesError", "PairsFormatError", "PairsProtocol", "all_pairs", "read_pairs", "write_pairs",
     "Split", "identity_disjoint_split",
     "SyntheticSet", "generate_synthetic", "synthetic_dir", "synthetic_params",
     "EpochViewSampler", "FaceViews", "view_seed",

@@ -295,6 +295,7 @@ class _Store:
         self.entries: dict[str, dict[str, Any]] = {}
         self.slots = 0
         self._pending: list[tuple[str, dict[str, Any], np.ndarray | None]] = []
+        self._touched = False  # entries changed in place (a new mtime or a backfilled digest)
         self._load()
 
     def _load(self) -> None:
@@ -328,16 +329,35 @@ class _Store:
     def key(path: Path) -> str:
         return str(path.resolve())
 
+    @staticmethod
+    def digest(key: str) -> str:
+        with open(key, "rb") as f:
+            return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+
     def lookup(self, key: str, st: os.stat_result) -> dict[str, Any] | None:
+        """The cached entry when the file is unchanged: same size and mtime, or same size and content.
+
+        The content check keeps the cache valid across a copy of the data set that did not keep
+        mtimes (a re-provisioned share, ``cp`` without ``-p``); a hit records the new mtime.
+        """
         e = self.entries.get(key)
-        if e is not None and e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns:
+        if e is None or e["size"] != st.st_size:
+            return None
+        if e["mtime_ns"] == st.st_mtime_ns:
+            if "digest" not in e:  # entries written before digests existed: backfill, cheaply
+                e["digest"] = self.digest(key)
+                self._touched = True
+            return e
+        if e.get("digest") is not None and e["digest"] == self.digest(key):
+            e["mtime_ns"] = st.st_mtime_ns
+            self._touched = True
             return e
         return None
 
     def add(self, key: str, st: os.stat_result, crop: np.ndarray | None, status: str,
             reason: str | None = None, info: dict[str, Any] | None = None) -> None:
-        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "status": status, "reason": reason,
-                 "info": info or {}, "slot": None}
+        entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": self.digest(key), "status": status,
+                 "reason": reason, "info": info or {}, "slot": None}
         self._pending.append((key, entry, crop))
 
     @property
@@ -345,8 +365,9 @@ class _Store:
         return len(self._pending)
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._touched:
             return
+        self._touched = False
         with open(self.data_path, "ab") as f:
             for key, entry, crop in self._pending:
                 if crop is not None:

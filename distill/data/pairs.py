@@ -10,10 +10,14 @@
 
 Image index ``i`` of ``name`` is the file ``<name>/<name>_%04d<ext>``.
 
+:func:`all_pairs` is the exhaustive alternative: every pair of a set of images
+(e.g. all images of a file's people), for TAR at low FAR.
+
 Example::
 
     pairs = read_pairs("../shared/data/lfw/pairsDevTest.txt", "../shared/data/lfw/lfw-deepfunneled")
     len(pairs), pairs.is_same.mean(), len(pairs.people())     # 1000, 0.5, 963
+    a, b, same, fold = all_pairs(labels)                      # every i < j of the images with these labels
 """
 from __future__ import annotations
 
@@ -165,6 +169,30 @@ def read_pairs(path: str | Path, images_root: str | Path, *, ext: str = ".jpg",
                 f"{path} references {len(missing)} image(s) not found under {images_root}, e.g.:\n  {shown}\n"
                 f"Check images_root (the folder holding <name>/<name>_NNNN{ext}) and ext.")
     return protocol
+
+
+def all_pairs(labels: np.ndarray, folds: int = VIEW1_FOLDS
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of ``len(labels)`` images: ``(idx_a, idx_b, is_same, fold)``.
+
+    Genuine (``is_same``) = same label, impostor = different labels; pairs come in
+    ``np.triu_indices`` order (row-major). ``idx_*`` and ``fold`` are int64, so N images
+    cost ``N (N - 1) / 2 * 25`` bytes (LFW DevTest people: 2,741 images, 3.76M pairs, ~94 MB).
+
+    Example::
+
+        a, b, same, fold = all_pairs(np.array([0, 0, 1]))
+        # a = [0, 0, 1], b = [1, 2, 2], same = [True, False, False], fold = [0, 0, 0]
+    """
+    labels = np.asarray(labels).ravel()
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    _, person = np.unique(labels, return_inverse=True)   # dense person index, whatever the label type
+    a, b = np.triu_indices(labels.size, k=1)
+    a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
+    # fold = first image's person mod folds: a person's genuine pairs all share one fold, so k-fold
+    # thresholds are never chosen on genuine pairs of a person they are tested on
+    return a, b, person[a] == person[b], (person[a] % folds).astype(np.int64)
 
 
 SamePair = tuple[str, int, int]

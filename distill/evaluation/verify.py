@@ -100,6 +100,11 @@ def evaluate_pairs(emb: np.ndarray, pairs: PairIndex, normalized: bool, *, fars:
         if n_same in (0, n_fold):
             warnings.append(f"fold {int(k)} holds only {'impostor' if n_same == 0 else 'genuine'} pairs "
                             f"({n_fold}); k-fold accuracy assumes every fold mixes both (LFW: 300 + 300)")
+    rare = min(float(same.mean()), float((~same).mean()))
+    if 0 < rare < 0.01:  # e.g. every pair of a set of images (all_pairs): >99% impostors
+        warnings.append(f"only {100 * rare:.2g}% of the pairs are {'genuine' if same.mean() < 0.5 else 'impostor'}: "
+                        f"accuracy mostly counts the other class (deciding all pairs alike scores "
+                        f"{100 * (1 - rare):.2f}%); read TAR@FAR and EER")
     return {
         "warnings": warnings,
         "n_pairs": int(len(pairs)), "n_genuine": int(same.sum()), "n_impostor": int((~same).sum()),

@@ -37,14 +37,38 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class WarmupCosine:
-    """Picklable-free schedule callable for LambdaLR (state is just the step, kept by LambdaLR)."""
+    """LambdaLR factor: linear warmup, then half-cosine to 0 at ``total_steps``.
+
+    ``refit`` moves the end (a wall-time budget re-estimated mid-run) without a jump: the cosine
+    continues from the progress it had reached. All state is plain attributes, so LambdaLR's
+    state_dict saves it and a resumed run follows the same schedule.
+
+    Example::
+
+        h = WarmupCosine(warmup_steps=300, total_steps=10_000)
+        h.refit(step=4_000, total_steps=8_000)   # the machine got slower: end sooner, smoothly
+    """
 
     def __init__(self, warmup_steps: int, total_steps: int) -> None:
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
-        self.fitted = False  # True once total_steps was fitted to a wall-time budget (saved in state_dict)
+        self.fitted = False  # True once total_steps was fitted to a wall-time budget
+        self.anchor_step, self.anchor_progress = warmup_steps, 0.0  # the cosine runs from here to total_steps
+
+    def progress(self, step: int) -> float:
+        span = max(1, self.total_steps - self.anchor_step)
+        p = self.anchor_progress + (1.0 - self.anchor_progress) * (step - self.anchor_step) / span
+        return min(1.0, max(0.0, p))
+
+    def refit(self, step: int, total_steps: int) -> None:
+        """End the decay at ``total_steps`` instead, continuing from the progress reached at ``step``."""
+        at = max(step, self.warmup_steps)
+        self.anchor_progress = self.progress(at)
+        self.anchor_step, self.total_steps, self.fitted = at, max(total_steps, at + 1), True
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, self.warmup_steps, self.total_steps)
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int) -> LambdaLR:

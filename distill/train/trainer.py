@@ -50,6 +50,8 @@ from . import ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .schedule import build_optimizer, build_scheduler
 
+REFIT_FRACTION = 0.02  # share of a wall-time budget between re-measurements of the step time
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf with ``nonfinite='stop'``; the last good checkpoint is kept."""
@@ -283,10 +285,12 @@ def fit(student: nn.Module, student_preprocessing: Preprocessing, teacher_source
     t0 = time.monotonic()
     start_step, stopped, last_loss = step, "finished", float("nan")
     # With a wall-time budget shorter than the epochs, the cosine decay is fitted into the budget:
-    # the step time is measured once (steps 5..35 of this process) and the horizon is kept in the
-    # scheduler state, so a resumed run follows the same schedule.
+    # the step time is measured at steps 5..35 of this process, then re-measured every 2% of the
+    # budget (the machine may get busier or quieter); each re-fit continues the cosine smoothly. The
+    # horizon is kept in the scheduler state, so a resumed run follows the same schedule.
     horizon = scheduler.lr_lambdas[0]
-    calib = (start_step + 5, start_step + 35) if budget_s < math.inf and not horizon.fitted else None
+    calib = (start_step + 5, start_step + 35) if budget_s < math.inf else None  # (from step, to step)
+    refit_s = max(1.0, REFIT_FRACTION * budget_s)
     t_calib = 0.0
     bar = tqdm(total=total_steps, initial=step, desc="distill", unit="step", disable=not (progress and env.is_main),
                dynamic_ncols=True)
@@ -340,16 +344,25 @@ def fit(student: nn.Module, student_preprocessing: Preprocessing, teacher_source
             if calib is not None and step == calib[0]:
                 t_calib = time.monotonic()
             elif calib is not None and step == calib[1]:
-                per_step = (time.monotonic() - t_calib) / (calib[1] - calib[0])
-                left = budget_s - (elapsed_before + time.monotonic() - t0)
-                fitted = int(ddp.broadcast_object(min(total_steps, step + int(0.97 * left / per_step))))
-                if fitted < total_steps:
-                    horizon.total_steps, horizon.fitted = fitted, True
-                    if env.is_main:
-                        log(f"time budget: {settings.epochs} epochs ({total_steps} steps) do not fit in "
-                            f"{settings.max_minutes} min at {per_step:.2f} s/step; the learning-rate schedule "
-                            f"now decays to zero at step {fitted}")
-                calib = None
+                now = time.monotonic()
+                per_step = (now - t_calib) / max(1, step - calib[0])
+                left = budget_s - (elapsed_before + now - t0)
+                # rank 0 decides (end, next re-measurement step): every rank then takes the same branches
+                fitted, next_calib = ddp.broadcast_object((min(total_steps, step + int(0.97 * left / per_step)),
+                                                           step + max(10, int(refit_s / per_step))))
+                first = not horizon.fitted
+                # re-fits move the end only when it is off by more than 2% (no churn from timing noise)
+                if fitted < total_steps or horizon.fitted:
+                    if first or abs(fitted - horizon.total_steps) > 0.02 * max(1, horizon.total_steps - step):
+                        horizon.refit(step, fitted)
+                        if env.is_main:
+                            log(f"time budget: {settings.epochs} epochs ({total_steps} steps) do not fit in "
+                                f"{settings.max_minutes} min at {per_step:.2f} s/step; the learning-rate schedule "
+                                f"now decays to zero at step {horizon.total_steps}" if first else
+                                f"time budget: now {per_step:.2f} s/step; the learning-rate schedule re-fitted to "
+                                f"end at step {horizon.total_steps}")
+                calib = (step, next_calib) if horizon.fitted else None
+                t_calib = now
             end_of_epoch = step_in_epoch >= steps_per_epoch
             if step % log_every == 0 or end_of_epoch or step == total_steps:
                 last_loss = float(ddp.all_reduce_mean(batch_loss.detach().float()))

@@ -1,0 +1,419 @@
+"""``python -m benchmarks.results`` (``make results``): the LFW quality study, RESULTS.md and results/.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.results                  # everything; finished runs are skipped
+    .venv/bin/python -m benchmarks.results --report-only    # rewrite RESULTS.md from what is finished
+    .venv/bin/python -m benchmarks.results --dry-run        # print the plan (commands) and stop
+
+The plan is ``configs/lfw_study.yaml``: the flagship run, the width x resolution sweep and the
+ablations, each a ``distill run`` of the flagship config with ``--set`` overrides into
+``runs/results/<name>`` (a finished run is skipped, an interrupted one resumes). Then one
+``distill eval`` measures the teacher and every finished student on the same pairs and the same
+quiet machine, and this module writes ``RESULTS.md``, ``results/<name>.json``,
+``results/accuracy_vs_mult_adds.png`` and ``results/flagship_student.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distill.config import load_config
+from distill.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+PLAN = Path("configs/studies/lfw.yaml")
+RUNS = Path("runs/results")
+OUT = Path("results")
+FLAGSHIP_CKPT = OUT / "flagship_student.pt"
+MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
+MAIN_PROTOCOL, ALL_PAIRS, VIEW2 = "DevTest", "DevTest-all-pairs", "View2"
+TARGET_FAR = "0.001"
+
+
+# --------------------------------------------------------------------------- the plan
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SweepStudent(_Strict):
+    name: str
+    input_size: int = Field(ge=32)
+
+
+class Sweep(_Strict):
+    set: dict[str, Any] = Field(default_factory=dict)
+    students: list[SweepStudent] = Field(default_factory=list)
+
+
+class Ablations(_Strict):
+    baseline: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class Study(_Strict):
+    flagship: Path
+    sweep: Sweep = Field(default_factory=Sweep)
+    ablations: Optional[Ablations] = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``distill run`` of the study: its name (= folder under runs/results), group and overrides."""
+
+    name: str
+    group: str  # "flagship" | "sweep" | "ablation"
+    config: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def dir(self) -> Path:
+        return RUNS / self.name
+
+    def command(self, mode: str = "show") -> list[str]:
+        """The ``distill run`` command line; mode "resume" or "fresh" (replaces a stale folder) or "show"."""
+        sets = [a for o in self.overrides for a in ("--set", o)]
+        tail = {"resume": ["--resume"], "fresh": ["--overwrite"] if self.dir.exists() else [], "show": []}[mode]
+        return ["distill", "run", str(self.config), *sets, "--out", str(self.dir), *tail]
+
+    @property
+    def finished(self) -> bool:
+        return (self.dir / "student.pt").exists() and (self.dir / "report.json").exists()
+
+
+def _sets(d: dict[str, Any]) -> tuple[str, ...]:
+    """``{"train.lr": 0.001}`` -> ``("train.lr=0.001",)``, values written as YAML reads them back."""
+    return tuple(f"{k}={json.dumps(v) if isinstance(v, (dict, list, bool)) else v}" for k, v in d.items())
+
+
+def load_plan(path: Path = PLAN) -> list[Run]:
+    """The study's runs, in order; every run's config is validated first (a typo fails here, not an hour in)."""
+    try:
+        study = Study.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f"cannot read the study plan {path}: {e}") from None
+    except ValidationError as e:
+        raise SystemExit(f"{path}: {e}") from None
+    base = Path(os.path.normpath(path.parent / study.flagship))
+    runs = [Run("flagship", "flagship", base, ())]
+    for s in study.sweep.students:
+        alpha = s.name.rsplit("_", 1)[-1]
+        runs.append(Run(f"sweep_{alpha}_{s.input_size}", "sweep", base,
+                        _sets(study.sweep.set) + (f"student.name={s.name}", f"student.input_size={s.input_size}")))
+    if study.ablations is not None:
+        common = _sets(study.sweep.set) + _sets(study.ablations.baseline)
+        runs.append(Run("ablation_baseline", "ablation", base, common))
+        runs += [Run(f"ablation_{k}", "ablation", base, common + _sets(v)) for k, v in study.ablations.variants.items()]
+    for r in runs:
+        try:
+            load_config(r.config, list(r.overrides))
+        except Exception as e:  # noqa: BLE001 - config errors carry the key and the fix
+            raise SystemExit(f"{path}, run {r.name}: {e}") from None
+    return runs
+
+
+# --------------------------------------------------------------------------- running
+def _distill(args: list[str], log_path: Path) -> None:
+    """Run ``distill ...`` in a subprocess (one run's memory is freed before the next), teeing its output."""
+    cmd = [sys.executable, "-m", "distill.cli", *args[1:]]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {shlex.join(args)}  # {dt.datetime.now().isoformat(timespec='seconds')}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        if proc.wait() != 0:
+            raise SystemExit(f"`{shlex.join(args)}` failed (exit {proc.returncode}); its output is in {log_path}. "
+                             "Fix the cause and run `make results` again: finished runs are kept.")
+
+
+def train_all(runs: Sequence[Run]) -> None:
+    for i, r in enumerate(runs, 1):
+        if r.finished:
+            print(f"[{i}/{len(runs)}] {r.name}: finished earlier, kept ({r.dir})", flush=True)
+            continue
+        resume = (r.dir / "checkpoints").is_dir() and any((r.dir / "checkpoints").iterdir())
+        print(f"[{i}/{len(runs)}] {r.name}: {'resuming' if resume else 'training'}", flush=True)
+        _distill(r.command("resume" if resume else "fresh"), RUNS / "logs" / f"{r.name}.log")
+
+
+def eval_command(runs: Sequence[Run]) -> list[str]:
+    done = [r for r in runs if r.finished]
+    ckpts = [a for r in done for a in ("--checkpoint", str(r.dir / "student.pt"))]
+    return ["distill", "eval", str(runs[0].config), *ckpts, "--out", str(RUNS / "eval"), "--overwrite"]
+
+
+def evaluate_all(runs: Sequence[Run]) -> None:
+    """One evaluation of the teacher and every finished student (same pairs, same quiet machine)."""
+    report = RUNS / "eval" / "report.json"
+    done = [r for r in runs if r.finished]
+    if report.exists() and _eval_covers(report, done):
+        print(f"evaluation: {report} is newer than every student, kept", flush=True)
+        return
+    print(f"evaluation: teacher + {len(done)} students", flush=True)
+    _distill(eval_command(runs), RUNS / "logs" / "eval.log")
+
+
+def _eval_covers(report: Path, done: Sequence[Run]) -> bool:
+    doc = json.loads(report.read_text())
+    return len(doc.get("models", [])) == len(done) + 1 and all(
+        (r.dir / "student.pt").stat().st_mtime <= report.stat().st_mtime for r in done)
+
+
+# --------------------------------------------------------------------------- rows
+def _proto(model: dict, name: str) -> dict:
+    return (model.get("protocols") or {}).get(name) or {}
+
+
+def _tar(proto: dict, far: str = TARGET_FAR) -> float | None:
+    return (proto.get("tar_at_far") or {}).get(far)
+
+
+def model_row(model: dict, run: Run | None) -> dict[str, Any]:
+    """The numbers RESULTS.md shows for one model, from the evaluation report (and its run's training record)."""
+    dev, allp, v2 = _proto(model, MAIN_PROTOCOL), _proto(model, ALL_PAIRS), _proto(model, VIEW2)
+    row: dict[str, Any] = {
+        "name": run.name if run else "teacher", "model": model["name"], "role": model["role"],
+        "group": run.group if run else "teacher",
+        "input_size": model.get("input_size"), "params": model.get("params"), "mult_adds": model.get("mult_adds"),
+        "images_per_s": model.get("images_per_s"), "images_per_s_bf16": model.get("images_per_s_bf16"),
+        "file_bytes": model.get("file_bytes"),
+        "devtest": {k: dev.get(k) for k in ("accuracy_mean", "accuracy_std", "auc", "eer", "n_pairs")}
+        | {"tar_at_far": dev.get("tar_at_far")},
+        "all_pairs": {"tar_at_far": allp.get("tar_at_far"), "n_genuine": allp.get("n_genuine"),
+                      "n_impostor": allp.get("n_impostor"), "auc": allp.get("auc"), "eer": allp.get("eer")},
+        "fidelity_mean": (model.get("fidelity") or {}).get("mean"),
+    }
+    if v2:
+        row["view2"] = {k: v2.get(k) for k in ("accuracy_mean", "accuracy_std", "n_pairs")}
+    if run is not None:
+        rep = json.loads((run.dir / "report.json").read_text())
+        cfg = rep.get("config", {})
+        row["train"] = (rep.get("extra") or {}).get("train")
+        row["budget_minutes"] = (cfg.get("train") or {}).get("max_minutes")
+        row["loss"] = (cfg.get("train") or {}).get("loss")
+        row["teacher_mode"] = (cfg.get("train") or {}).get("teacher_mode")
+        row["command"] = shlex.join(run.command())
+    return row
+
+
+def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    report = RUNS / "eval" / "report.json"
+    if not report.exists():
+        raise SystemExit(f"no evaluation yet ({report}); run `make results` (or without --report-only)")
+    models = json.loads(report.read_text())["models"]
+    done = [r for r in runs if r.finished]
+    if len(models) != len(done) + 1:
+        raise SystemExit(f"{report} holds {len(models) - 1} students but {len(done)} runs are finished; "
+                         "run `make results` again to re-evaluate")
+    return [model_row(models[0], None)] + [model_row(m, r) for m, r in zip(models[1:], done)]
+
+
+# --------------------------------------------------------------------------- writing
+def _pct(x: Any, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _m(x: Any) -> str:
+    return "" if x is None else f"{x / 1e6:.1f}M" if x >= 1e5 else f"{x / 1e3:.0f}k"
+
+
+def _row_md(r: dict[str, Any]) -> str:
+    d, tr = r["devtest"], r.get("train") or {}
+    alpha = {"100": "1.0", "075": "0.75", "050": "0.5", "025": "0.25"}.get(r["model"].split("-")[0][-3:], "")
+    label = f"**{r['name']}**" if r["group"] == "flagship" else r["name"]
+    budget = "" if r["role"] == "teacher" else f"{tr.get('seconds', 0) / 60:.0f} min / {tr.get('epochs', '')} ep"
+    return "| " + " | ".join([
+        label, r["model"].split(" (")[0], alpha, str(r["input_size"]), budget,
+        f"{_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])}", f"{d['auc']:.4f}" if d["auc"] else "",
+        _pct(d["eer"]), _pct(_tar(r["all_pairs"]), 1),
+        "" if r["fidelity_mean"] is None else f"{r['fidelity_mean']:.3f}",
+        _m(r["params"]), _m(r["mult_adds"]),
+        "" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}",
+        "" if r.get("images_per_s_bf16") is None else f"{r['images_per_s_bf16']:.0f}"]) + " |"
+
+
+TABLE_HEAD = ("| run | model | alpha | input | trained | DevTest acc % | AUC | EER % | TAR@FAR=1e-3 % (all pairs) "
+              "| cos to teacher | params | mult-adds | img/s fp32 | img/s bf16 |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from distill.evaluation.report import tradeoff_figure
+
+    points = [{"name": r["name"].replace("sweep_", ""), "role": r["role"], "mult_adds": r["mult_adds"],
+               "accuracy": r["devtest"]["accuracy_mean"], "std": r["devtest"]["accuracy_std"],
+               "run": {"sweep": "sweep (5 min)", "flagship": "flagship (55 min)", "teacher": "teacher",
+                       "ablation": "ablations (5 min)"}[r["group"]]} for r in rows]
+    png = tradeoff_figure(points, "LFW pairsDevTest: accuracy vs mult-adds (identity-disjoint)")
+    if png:
+        atomic_write_bytes(path, base64.b64decode(png))
+
+
+def targets(teacher: dict, flag: dict) -> list[str]:
+    acc_ratio = flag["devtest"]["accuracy_mean"] / teacher["devtest"]["accuracy_mean"]
+    t_tar, s_tar = _tar(teacher["all_pairs"]), _tar(flag["all_pairs"])
+    tar_ratio = None if not (t_tar and s_tar is not None) else s_tar / t_tar
+    ma_ratio = flag["mult_adds"] / teacher["mult_adds"]
+    v2 = (teacher.get("view2") or {}).get("accuracy_mean")
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    lines = [
+        f"- Teacher View 2 10-fold accuracy: {_pct(v2)}% (target >= 98.5%: {mark(v2 is not None and v2 >= 0.985)}; "
+        "dlib publishes 99.38% with its own alignment of the original LFW).",
+        f"- Flagship mult-adds: {ma_ratio:.3f} of the teacher's = 1/{1 / ma_ratio:.1f} "
+        f"(target <= 1/5: {mark(ma_ratio <= 0.2)}).",
+        f"- Flagship DevTest accuracy: {acc_ratio:.1%} of the teacher's (target >= 98%: {mark(acc_ratio >= 0.98)}"
+        + ("" if acc_ratio >= 0.98 else f", short by {100 * (0.98 - acc_ratio):.1f} points of the ratio") + ").",
+    ]
+    if tar_ratio is None:
+        lines.append("- Flagship TAR@FAR=1e-3 (all DevTest pairs): not estimable.")
+    else:
+        lines.append(f"- Flagship TAR@FAR=1e-3 (all pairs of DevTest people): {_pct(s_tar, 1)}% vs the teacher's "
+                     f"{_pct(t_tar, 1)}% = {tar_ratio:.1%} of it (target >= 90%: {mark(tar_ratio >= 0.9)}"
+                     + ("" if tar_ratio >= 0.9 else f", short by {100 * (0.9 - tar_ratio):.1f} points") + ").")
+    return lines
+
+
+def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str) -> str:
+    teacher = rows[0]
+    flag = next((r for r in rows if r["group"] == "flagship"), None)
+    by_group = lambda g: [r for r in rows if r["group"] == g]  # noqa: E731
+    allp = teacher["all_pairs"]
+    out = [
+        "# RESULTS: the dlib face ResNet distilled into MobileNets on LFW",
+        "",
+        f"Regenerate everything with `make results` (plan: `{PLAN}`; runs in `{RUNS}/`, resumable). "
+        f"Rewritten {dt.date.today().isoformat()} on {platform.machine()} with {_cores()} CPU cores, no GPU. "
+        "Every number below comes from the evaluation command at the end of this page "
+        f"(`{RUNS}/eval/report.json`) and each run's `report.json`.",
+        "",
+        "## Protocol",
+        "- Data: LFW deep-funneled (`../shared/data/lfw`), every face aligned the dlib way (5 landmarks, "
+        "150 px chip); the student sees the same chip resized to its input size.",
+        "- Training: the 10,492 images of the 4,786 people who are not in `pairsDevTest.txt`; no labels "
+        "(the teacher's 128-D descriptor is the target), cached teacher on 16 augmented views per image.",
+        "- Test: `pairsDevTest.txt` (500 + 500 pairs), accuracy by 10-fold cross-validation of the threshold, "
+        "ROC AUC, EER; TAR at FAR=1e-3 on **all pairs of the DevTest people's images** "
+        f"({allp.get('n_genuine')} genuine, {allp.get('n_impostor'):,} impostor): View 2 restricted to DevTest "
+        "people has only 78 impostor pairs, too few for FAR=1e-3, so this is the nearest estimable protocol. "
+        "The teacher is measured on exactly the same pairs and chips.",
+        "- Speed: images/s at batch 32 on this CPU (torch, 2 threads; fp32 and bf16 autocast), "
+        "measured for every model in the one evaluation run.",
+        "",
+    ]
+    if flag:
+        out += ["## Headline", "", *targets(teacher, flag), ""]
+    out += ["## Teacher and students", "", TABLE_HEAD, _row_md(teacher)]
+    out += [_row_md(r) for r in by_group("flagship") + by_group("sweep")]
+    missing = [r.name for r in runs if r.group in ("flagship", "sweep") and not r.finished]
+    out += ["", "`trained`: wall time of training (the teacher cache is built once, before) and epochs seen. "
+            "Sweep rows share one 5-minute budget each, so wider and larger students see fewer epochs."]
+    if missing:
+        out += ["", f"Not run yet: {', '.join(missing)}."]
+    out += ["", "![accuracy vs mult-adds](results/accuracy_vs_mult_adds.png)", ""]
+    abl = by_group("ablation")
+    if abl:
+        base = next((r for r in abl if r["name"] == "ablation_baseline"), None)
+        out += ["## Levers measured (0.5 MobileNet-112, 5-minute budget each)", "",
+                "| run | change from the flagship recipe | DevTest acc % | vs baseline | TAR@1e-3 % (all pairs) | "
+                "cos to teacher | epochs |", "|---|---|---|---|---|---|---|"]
+        for r in abl:
+            run = next(x for x in runs if x.name == r["name"])
+            change = ", ".join(o for o in run.overrides if o.split("=")[0] not in
+                               {"train.max_minutes", "eval.latency", "eval.identification"}) or "none (baseline)"
+            delta = "" if base is None or r is base else \
+                f"{100 * (r['devtest']['accuracy_mean'] - base['devtest']['accuracy_mean']):+.2f}"
+            out.append(f"| {r['name']} | {change} | {_pct(r['devtest']['accuracy_mean'])} ± "
+                       f"{_pct(r['devtest']['accuracy_std'])} | {delta} | {_pct(_tar(r['all_pairs']), 1)} | "
+                       f"{r['fidelity_mean']:.3f} | {(r.get('train') or {}).get('epochs', '')} |")
+        out.append("")
+    out += [notes.strip(), "", "## Commands", "", "Training (each run; `--resume` continues an interrupted one):",
+            "```"] + [shlex.join(r.command()) for r in runs] + [
+        "```", "", "Evaluation of the teacher and every student (the numbers above):", "```",
+        shlex.join(eval_command(runs)), "```", "",
+        "Re-evaluate the committed flagship checkpoint alone (a few minutes; prints the same DevTest and "
+        "all-pairs numbers):", "```", REEVAL, "```", ""]
+    return "\n".join(out)
+
+
+REEVAL = (f"distill eval configs/dlib_to_mobilenet_lfw.yaml --checkpoint {FLAGSHIP_CKPT} --no-teacher "
+          "--set eval.identification=false --out runs/flagship_eval --overwrite")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def write_outputs(runs: Sequence[Run]) -> Path:
+    rows = collect(runs)
+    OUT.mkdir(exist_ok=True)
+    for r in rows:
+        atomic_write_json(OUT / f"{r['name']}.json", r)
+    plot(rows, OUT / "accuracy_vs_mult_adds.png")
+    flag = next((r for r in runs if r.group == "flagship" and r.finished), None)
+    if flag is not None:
+        size = (flag.dir / "student.pt").stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise SystemExit(f"{flag.dir / 'student.pt'} is {size / 2**20:.1f} MiB; the committed flagship "
+                             f"must be at most {MAX_CHECKPOINT_BYTES / 2**20:.0f} MiB")
+        atomic_write(FLAGSHIP_CKPT, lambda f: f.write((flag.dir / "student.pt").read_bytes()))
+    notes_path = OUT / "NOTES.md"
+    notes = notes_path.read_text() if notes_path.exists() else ""
+    return atomic_write_text("RESULTS.md", render(rows, runs, notes))
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.results", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", type=Path, default=PLAN, help=f"study plan (default {PLAN})")
+    p.add_argument("--only", metavar="NAME[,NAME]", help="train only these runs (e.g. flagship,sweep_050_128)")
+    p.add_argument("--skip", metavar="NAME[,NAME]", help="do not train these runs (their rows read 'not run')")
+    p.add_argument("--report-only", action="store_true", help="no training, no evaluation: rewrite the outputs")
+    p.add_argument("--dry-run", action="store_true", help="print the plan's commands and stop")
+    args = p.parse_args(argv)
+    runs = load_plan(args.plan)
+    names = {r.name for r in runs}
+    for opt in (args.only, args.skip):
+        unknown = sorted(set(filter(None, (opt or "").split(","))) - names)
+        if unknown:
+            raise SystemExit(f"unknown run(s) {', '.join(unknown)}; the plan has {', '.join(sorted(names))}")
+    chosen = [r for r in runs if (not args.only or r.name in args.only.split(","))
+              and not (args.skip and r.name in args.skip.split(","))]
+    if args.dry_run:
+        for r in runs:
+            state = "finished" if r.finished else "to train" if r in chosen else "skipped"
+            print(f"{r.name:28s} {state:9s} {shlex.join(r.command())}")
+        print(shlex.join(eval_command(runs)))
+        return 0
+    t0 = time.monotonic()
+    if not args.report_only:
+        train_all(chosen)
+        evaluate_all(runs)
+    path = write_outputs(runs)
+    print(f"wrote {path}, {OUT}/*.json, {OUT}/accuracy_vs_mult_adds.png, {FLAGSHIP_CKPT} "
+          f"({(time.monotonic() - t0) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

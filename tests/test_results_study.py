@@ -1,0 +1,61 @@
+"""The LFW study plan behind RESULTS.md (``make results``): validated up front, rows rendered honestly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the plan's paths are relative to the project, as `make results` runs it
+
+
+def test_the_committed_plan_is_valid_and_covers_the_papers_grid():
+    runs = results.load_plan()
+    assert runs[0].name == "flagship" and runs[0].overrides == ()
+    sweep = {r.name for r in runs if r.group == "sweep"}
+    assert sweep == {f"sweep_{a}_{s}" for a in ("100", "075", "050", "025") for s in (128, 96)}
+    assert len({r.name for r in runs}) == len(runs)
+    cmd = next(r for r in runs if r.name == "sweep_025_96").command()
+    assert cmd[:3] == ["distill", "run", "configs/dlib_to_mobilenet_lfw.yaml"]
+    assert "student.name=mobilenet_v1_025" in cmd and "student.input_size=96" in cmd
+    assert "eval.latency=false" in cmd  # a bool written the way YAML reads it back
+
+
+def _plan(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "base.yaml").write_text((ROOT / "configs" / "dlib_to_mobilenet_lfw.yaml").read_text())
+    p = tmp_path / "plan.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_a_typo_in_the_plan_fails_before_any_training(tmp_path):
+    with pytest.raises(SystemExit, match="studnets"):
+        results.load_plan(_plan(tmp_path, "flagship: base.yaml\nsweep:\n  studnets: []\n"))
+    with pytest.raises(SystemExit, match="sweep_050_96.*max_minuts"):
+        results.load_plan(_plan(tmp_path, "flagship: base.yaml\nsweep:\n  set: {train.max_minuts: 5}\n"
+                                          "  students: [{name: mobilenet_v1_050, input_size: 96}]\n"))
+
+
+def _row(name, group, acc, tar, mult_adds, role="student"):
+    return {"name": name, "group": group, "role": role, "model": "dlib_resnet" if role == "teacher" else
+            "mobilenet_v1_050-112 (student.pt)", "input_size": 112, "params": 884384, "mult_adds": mult_adds,
+            "images_per_s": 1200.0, "images_per_s_bf16": 1400.0, "fidelity_mean": None if role == "teacher" else 0.95,
+            "devtest": {"accuracy_mean": acc, "accuracy_std": 0.02, "auc": 0.9, "eer": 0.1, "n_pairs": 1000},
+            "all_pairs": {"tar_at_far": {"0.001": tar}, "n_genuine": 5000, "n_impostor": 3_700_000},
+            "view2": {"accuracy_mean": 0.9873}, "train": {"seconds": 3300, "epochs": 60}}
+
+
+def test_targets_say_met_or_missed_and_by_how_much():
+    teacher = _row("teacher", "teacher", 0.989, 0.80, 270_854_144, role="teacher")
+    missed = results.targets(teacher, _row("flagship", "flagship", 0.90, 0.40, 38_812_288))
+    assert "1/7.0" in missed[1] and "met" in missed[1]
+    assert "91.0% of the teacher's" in missed[2] and "**missed**" in missed[2] and "short by 7.0 points" in missed[2]
+    assert "50.0% of it" in missed[3] and "short by 40.0 points" in missed[3]
+    met = results.targets(teacher, _row("flagship", "flagship", 0.975, 0.75, 38_812_288))
+    assert all("missed" not in line for line in met)
