@@ -66,6 +66,7 @@ class Ablations(_Strict):
 
 class Study(_Strict):
     flagship: Path
+    jobs: int = Field(1, ge=1, description="sweep/ablation runs trained at once, the cores split between them")
     sweep: Sweep = Field(default_factory=Sweep)
     ablations: Optional[Ablations] = None
 
@@ -101,6 +102,10 @@ def _sets(d: dict[str, Any]) -> tuple[str, ...]:
 
 def load_plan(path: Path = PLAN) -> list[Run]:
     """The study's runs, in order; every run's config is validated first (a typo fails here, not an hour in)."""
+    return _load_study(path)[1]
+
+
+def _load_study(path: Path) -> tuple[Study, list[Run]]:
     try:
         study = Study.model_validate(yaml.safe_load(path.read_text()) or {})
     except (OSError, yaml.YAMLError) as e:
@@ -122,35 +127,57 @@ def load_plan(path: Path = PLAN) -> list[Run]:
             load_config(r.config, list(r.overrides))
         except Exception as e:  # noqa: BLE001 - config errors carry the key and the fix
             raise SystemExit(f"{path}, run {r.name}: {e}") from None
-    return runs
+    return study, runs
 
 
 # --------------------------------------------------------------------------- running
-def _distill(args: list[str], log_path: Path) -> None:
-    """Run ``distill ...`` in a subprocess (one run's memory is freed before the next), teeing its output."""
+def _distill(args: list[str], log_path: Path, *, threads: int | None = None, echo: bool = True) -> None:
+    """Run ``distill ...`` in a subprocess (one run's memory is freed before the next), logging its output."""
     cmd = [sys.executable, "-m", "distill.cli", *args[1:]]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
-        log.write(f"\n$ {shlex.join(args)}  # {dt.datetime.now().isoformat(timespec='seconds')}\n")
+        log.write(f"\n$ {shlex.join(args)}  # {dt.datetime.now().isoformat(timespec='seconds')}"
+                  + (f", OMP_NUM_THREADS={threads}" if threads else "") + "\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
-            sys.stdout.write(line)
+            if echo:
+                sys.stdout.write(line)
             log.write(line)
         if proc.wait() != 0:
             raise SystemExit(f"`{shlex.join(args)}` failed (exit {proc.returncode}); its output is in {log_path}. "
                              "Fix the cause and run `make results` again: finished runs are kept.")
 
 
-def train_all(runs: Sequence[Run]) -> None:
+def train_all(runs: Sequence[Run], jobs: int = 1) -> None:
+    """Train the unfinished runs; ``jobs`` > 1 runs that many at once, the cores split between them."""
+    todo = []
     for i, r in enumerate(runs, 1):
         if r.finished:
             print(f"[{i}/{len(runs)}] {r.name}: finished earlier, kept ({r.dir})", flush=True)
-            continue
+        else:
+            todo.append(r)
+
+    def one(r: Run) -> None:
         resume = (r.dir / "checkpoints").is_dir() and any((r.dir / "checkpoints").iterdir())
-        print(f"[{i}/{len(runs)}] {r.name}: {'resuming' if resume else 'training'}", flush=True)
-        _distill(r.command("resume" if resume else "fresh"), RUNS / "logs" / f"{r.name}.log")
+        log = RUNS / "logs" / f"{r.name}.log"
+        print(f"{dt.datetime.now():%H:%M:%S} {r.name}: {'resuming' if resume else 'training'} (log: {log})",
+              flush=True)
+        _distill(r.command("resume" if resume else "fresh"), log,
+                 threads=max(1, _cores() // jobs) if jobs > 1 else None, echo=jobs == 1)
+        print(f"{dt.datetime.now():%H:%M:%S} {r.name}: done", flush=True)
+
+    if jobs == 1:
+        for r in todo:
+            one(r)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for f in [pool.submit(one, r) for r in todo]:
+            f.result()
 
 
 def eval_command(runs: Sequence[Run]) -> list[str]:
@@ -388,10 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plan", type=Path, default=PLAN, help=f"study plan (default {PLAN})")
     p.add_argument("--only", metavar="NAME[,NAME]", help="train only these runs (e.g. flagship,sweep_050_128)")
     p.add_argument("--skip", metavar="NAME[,NAME]", help="do not train these runs (their rows read 'not run')")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="train N sweep/ablation runs at once, the CPU cores split between them "
+                        "(default: the plan's `jobs`)")
     p.add_argument("--report-only", action="store_true", help="no training, no evaluation: rewrite the outputs")
     p.add_argument("--dry-run", action="store_true", help="print the plan's commands and stop")
     args = p.parse_args(argv)
-    runs = load_plan(args.plan)
+    study, runs = _load_study(args.plan)
     names = {r.name for r in runs}
     for opt in (args.only, args.skip):
         unknown = sorted(set(filter(None, (opt or "").split(","))) - names)
@@ -407,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     t0 = time.monotonic()
     if not args.report_only:
-        train_all(chosen)
+        flagship = [r for r in chosen if r.group == "flagship"]
+        train_all(flagship)  # alone, on every core: the headline number
+        train_all([r for r in chosen if r.group != "flagship"], jobs=args.jobs or study.jobs)
         evaluate_all(runs)
     path = write_outputs(runs)
     print(f"wrote {path}, {OUT}/*.json, {OUT}/accuracy_vs_mult_adds.png, {FLAGSHIP_CKPT} "
