@@ -180,27 +180,60 @@ def train_all(runs: Sequence[Run], jobs: int = 1) -> None:
             f.result()
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One evaluated student file: a run's student.pt, or the flagship's deployed ONNX exports."""
+
+    name: str
+    group: str  # a run's group, or "deploy"
+    path: Path
+    run: Run
+
+
+def eval_entries(runs: Sequence[Run]) -> list[Entry]:
+    out = [Entry(r.name, r.group, r.dir / "student.pt", r) for r in runs if r.finished]
+    flag = next((r for r in runs if r.group == "flagship" and r.finished), None)
+    if flag is not None:
+        out += [Entry(f"flagship_{kind}", "deploy", flag.dir / f, flag)
+                for kind, f in (("onnx_fp32", "student.onnx"), ("onnx_int8", "student.int8.onnx"))
+                if (flag.dir / f).exists()]
+    return out
+
+
+def export_command(flag: Run) -> list[str]:
+    """fp32 ONNX + static int8 (calibrated on the run's training images), evaluated like any student."""
+    return ["distill", "export", str(flag.dir / "student.pt"), "-o", str(flag.dir / "student.onnx"), "--int8",
+            "--no-accuracy", "--no-latency"]
+
+
+def export_flagship(runs: Sequence[Run]) -> None:
+    flag = next((r for r in runs if r.group == "flagship" and r.finished), None)
+    if flag is None or (flag.dir / "student.int8.onnx").exists():
+        return
+    print("exporting the flagship to ONNX fp32 and int8", flush=True)
+    _distill(export_command(flag), RUNS / "logs" / "export.log")
+
+
 def eval_command(runs: Sequence[Run]) -> list[str]:
-    done = [r for r in runs if r.finished]
-    ckpts = [a for r in done for a in ("--checkpoint", str(r.dir / "student.pt"))]
+    ckpts = [a for e in eval_entries(runs) for a in ("--checkpoint", str(e.path))]
     return ["distill", "eval", str(runs[0].config), *ckpts, "--out", str(RUNS / "eval"), "--overwrite"]
 
 
 def evaluate_all(runs: Sequence[Run]) -> None:
     """One evaluation of the teacher and every finished student (same pairs, same quiet machine)."""
     report = RUNS / "eval" / "report.json"
-    done = [r for r in runs if r.finished]
-    if report.exists() and _eval_covers(report, done):
+    entries = eval_entries(runs)
+    if report.exists() and _eval_covers(report, entries):
         print(f"evaluation: {report} is newer than every student, kept", flush=True)
         return
-    print(f"evaluation: teacher + {len(done)} students", flush=True)
+    print(f"evaluation: teacher + {len(entries)} students", flush=True)
     _distill(eval_command(runs), RUNS / "logs" / "eval.log")
 
 
-def _eval_covers(report: Path, done: Sequence[Run]) -> bool:
+def _eval_covers(report: Path, entries: Sequence[Entry]) -> bool:
     doc = json.loads(report.read_text())
-    return len(doc.get("models", [])) == len(done) + 1 and all(
-        (r.dir / "student.pt").stat().st_mtime <= report.stat().st_mtime for r in done)
+    return len(doc.get("models", [])) == len(entries) + 1 and all(
+        e.path.stat().st_mtime <= report.stat().st_mtime for e in entries)
 
 
 # --------------------------------------------------------------------------- rows
@@ -212,12 +245,13 @@ def _tar(proto: dict, far: str = TARGET_FAR) -> float | None:
     return (proto.get("tar_at_far") or {}).get(far)
 
 
-def model_row(model: dict, run: Run | None) -> dict[str, Any]:
+def model_row(model: dict, entry: Entry | None) -> dict[str, Any]:
     """The numbers RESULTS.md shows for one model, from the evaluation report (and its run's training record)."""
     dev, allp, v2 = _proto(model, MAIN_PROTOCOL), _proto(model, ALL_PAIRS), _proto(model, VIEW2)
+    run = entry.run if entry else None
     row: dict[str, Any] = {
-        "name": run.name if run else "teacher", "model": model["name"], "role": model["role"],
-        "group": run.group if run else "teacher",
+        "name": entry.name if entry else "teacher", "model": model["name"], "role": model["role"],
+        "group": entry.group if entry else "teacher", "file": str(entry.path) if entry else None,
         "input_size": model.get("input_size"), "params": model.get("params"), "mult_adds": model.get("mult_adds"),
         "images_per_s": model.get("images_per_s"), "images_per_s_bf16": model.get("images_per_s_bf16"),
         "file_bytes": model.get("file_bytes"),
@@ -245,11 +279,11 @@ def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
     if not report.exists():
         raise SystemExit(f"no evaluation yet ({report}); run `make results` (or without --report-only)")
     models = json.loads(report.read_text())["models"]
-    done = [r for r in runs if r.finished]
-    if len(models) != len(done) + 1:
-        raise SystemExit(f"{report} holds {len(models) - 1} students but {len(done)} runs are finished; "
+    entries = eval_entries(runs)
+    if len(models) != len(entries) + 1:
+        raise SystemExit(f"{report} holds {len(models) - 1} students but there are {len(entries)} to show; "
                          "run `make results` again to re-evaluate")
-    return [model_row(models[0], None)] + [model_row(m, r) for m, r in zip(models[1:], done)]
+    return [model_row(models[0], None)] + [model_row(m, e) for m, e in zip(models[1:], entries)]
 
 
 # --------------------------------------------------------------------------- writing
@@ -259,6 +293,10 @@ def _pct(x: Any, digits: int = 2) -> str:
 
 def _m(x: Any) -> str:
     return "" if x is None else f"{x / 1e6:.1f}M" if x >= 1e5 else f"{x / 1e3:.0f}k"
+
+
+def _budget(r: dict[str, Any]) -> str:
+    return f"{r.get('budget_minutes'):g} min" if r.get("budget_minutes") else "no time limit"
 
 
 def _row_md(r: dict[str, Any]) -> str:
@@ -286,8 +324,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     points = [{"name": r["name"].replace("sweep_", ""), "role": r["role"], "mult_adds": r["mult_adds"],
                "accuracy": r["devtest"]["accuracy_mean"], "std": r["devtest"]["accuracy_std"],
-               "run": {"sweep": "sweep (5 min)", "flagship": "flagship (55 min)", "teacher": "teacher",
-                       "ablation": "ablations (5 min)"}[r["group"]]} for r in rows]
+               "run": r["group"] if r["role"] == "teacher" else f"{r['group']} ({_budget(r)})"}
+              for r in rows if r["group"] in ("teacher", "flagship", "sweep")]
     png = tradeoff_figure(points, "LFW pairsDevTest: accuracy vs mult-adds (identity-disjoint)")
     if png:
         atomic_write_bytes(path, base64.b64decode(png))
@@ -320,7 +358,7 @@ def targets(teacher: dict, flag: dict) -> list[str]:
     return lines
 
 
-def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str) -> str:
+def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: int = 1) -> str:
     teacher = rows[0]
     flag = next((r for r in rows if r["group"] == "flagship"), None)
     by_group = lambda g: [r for r in rows if r["group"] == g]  # noqa: E731
@@ -352,20 +390,35 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str) -> str:
     out += ["## Teacher and students", "", TABLE_HEAD, _row_md(teacher)]
     out += [_row_md(r) for r in by_group("flagship") + by_group("sweep")]
     missing = [r.name for r in runs if r.group in ("flagship", "sweep") and not r.finished]
+    sweep = by_group("sweep")
     out += ["", "`trained`: wall time of training (the teacher cache is built once, before) and epochs seen. "
-            "Sweep rows share one 5-minute budget each, so wider and larger students see fewer epochs."]
+            "The flagship trained alone on every core"
+            + (f"; each sweep row had {_budget(sweep[0])} with the cores split between {jobs} runs at once, "
+               "so wider and larger students see fewer epochs" if sweep else "") + "."]
     if missing:
         out += ["", f"Not run yet: {', '.join(missing)}."]
-    out += ["", "![accuracy vs mult-adds](results/accuracy_vs_mult_adds.png)", ""]
+    out += ["", f"![accuracy vs mult-adds]({OUT}/accuracy_vs_mult_adds.png)", ""]
+    deploy = by_group("deploy")
+    if deploy and flag:
+        out += ["## The flagship deployed (onnxruntime)", "",
+                "| file | DevTest acc % | TAR@1e-3 % (all pairs) | cos to teacher | img/s (b32) | size |",
+                "|---|---|---|---|---|---|"]
+        for r in [flag] + deploy:
+            out.append(f"| {Path(r['file']).name} | {_pct(r['devtest']['accuracy_mean'])} ± "
+                       f"{_pct(r['devtest']['accuracy_std'])} | {_pct(_tar(r['all_pairs']), 1)} | "
+                       f"{r['fidelity_mean']:.3f} | {r['images_per_s'] or 0:.0f} | "
+                       f"{(r.get('file_bytes') or 0) / 2**20:.1f} MiB |")
+        out += ["", f"Exported with `{shlex.join(export_command(next(x for x in runs if x.group == 'flagship')))}`"
+                " (int8: static, per-channel, calibrated on training images).", ""]
     abl = by_group("ablation")
     if abl:
         base = next((r for r in abl if r["name"] == "ablation_baseline"), None)
-        out += ["## Levers measured (0.5 MobileNet-112, 5-minute budget each)", "",
+        out += [f"## Levers measured (0.5 MobileNet-112, {_budget(abl[0])} each, {jobs} runs at once)", "",
                 "| run | change from the flagship recipe | DevTest acc % | vs baseline | TAR@1e-3 % (all pairs) | "
                 "cos to teacher | epochs |", "|---|---|---|---|---|---|---|"]
         for r in abl:
             run = next(x for x in runs if x.name == r["name"])
-            change = ", ".join(o for o in run.overrides if o.split("=")[0] not in
+            change = ", ".join(f"`{o}`" for o in run.overrides if o.split("=")[0] not in
                                {"train.max_minutes", "eval.latency", "eval.identification"}) or "none (baseline)"
             delta = "" if base is None or r is base else \
                 f"{100 * (r['devtest']['accuracy_mean'] - base['devtest']['accuracy_mean']):+.2f}"
@@ -382,15 +435,14 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str) -> str:
     return "\n".join(out)
 
 
-REEVAL = (f"distill eval configs/dlib_to_mobilenet_lfw.yaml --checkpoint {FLAGSHIP_CKPT} --no-teacher "
-          "--set eval.identification=false --out runs/flagship_eval --overwrite")
+REEVAL = f"distill eval configs/lfw_devtest_eval.yaml --checkpoint {FLAGSHIP_CKPT} --no-teacher --overwrite"
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def write_outputs(runs: Sequence[Run]) -> Path:
+def write_outputs(runs: Sequence[Run], jobs: int = 1) -> Path:
     rows = collect(runs)
     OUT.mkdir(exist_ok=True)
     for r in rows:
@@ -405,7 +457,7 @@ def write_outputs(runs: Sequence[Run]) -> Path:
         atomic_write(FLAGSHIP_CKPT, lambda f: f.write((flag.dir / "student.pt").read_bytes()))
     notes_path = OUT / "NOTES.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
-    return atomic_write_text("RESULTS.md", render(rows, runs, notes))
+    return atomic_write_text("RESULTS.md", render(rows, runs, notes, jobs))
 
 
 # --------------------------------------------------------------------------- main
@@ -440,8 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         flagship = [r for r in chosen if r.group == "flagship"]
         train_all(flagship)  # alone, on every core: the headline number
         train_all([r for r in chosen if r.group != "flagship"], jobs=args.jobs or study.jobs)
+        export_flagship(runs)
         evaluate_all(runs)
-    path = write_outputs(runs)
+    path = write_outputs(runs, args.jobs or study.jobs)
     print(f"wrote {path}, {OUT}/*.json, {OUT}/accuracy_vs_mult_adds.png, {FLAGSHIP_CKPT} "
           f"({(time.monotonic() - t0) / 60:.1f} min)")
     return 0

@@ -112,7 +112,9 @@ class TrainSettings(Section):
         "online: teacher embeds every augmented batch; cached: K fixed views per image computed once"))
     cache_views: int = Field(4, ge=1, le=256, description="K augmented views per image in cached mode")
     epochs: int = Field(10, ge=1, description="passes over the training images")
-    max_minutes: Optional[float] = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
+    max_minutes: Optional[float] = Field(None, gt=0, description=(
+        "stop (and checkpoint) after this wall time; the cosine decay is fitted to it and re-fitted as the "
+        "step time changes"))
     batch_size: int = Field(64, ge=2, le=4096, description="global batch size")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0, le=10)

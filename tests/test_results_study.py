@@ -59,3 +59,22 @@ def test_targets_say_met_or_missed_and_by_how_much():
     assert "50.0% of it" in missed[3] and "short by 40.0 points" in missed[3]
     met = results.targets(teacher, _row("flagship", "flagship", 0.975, 0.75, 38_812_288))
     assert all("missed" not in line for line in met)
+
+
+def test_results_page_renders_every_section_from_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RUNS", tmp_path / "runs")  # no run has finished there
+    runs = results.load_plan()
+    teacher = _row("teacher", "teacher", 0.989, 0.80, 270_854_144, role="teacher")
+    flag = _row("flagship", "flagship", 0.90, 0.40, 38_812_288) | {"file": "runs/results/flagship/student.pt",
+                                                                  "budget_minutes": 55, "file_bytes": 3_600_000}
+    sweep = _row("sweep_025_96", "sweep", 0.80, 0.10, 3_000_000) | {"budget_minutes": 5}
+    int8 = _row("flagship_onnx_int8", "deploy", 0.895, 0.39, 38_812_288) | {
+        "file": "runs/results/flagship/student.int8.onnx", "file_bytes": 1_000_000}
+    base = _row("ablation_baseline", "ablation", 0.85, 0.2, 38_812_288) | {"budget_minutes": 5}
+    mse = _row("ablation_mse_only", "ablation", 0.83, 0.2, 38_812_288) | {"budget_minutes": 5}
+    page = results.render([teacher, flag, sweep, int8, base, mse], runs, "## Notes\nhand-written", jobs=2)
+    assert "| **flagship** |" in page and "| sweep_025_96 |" in page and "student.int8.onnx" in page
+    assert "| ablation_mse_only | `train.loss.cosine=0`, `train.loss.relational=0` | 83.00 ± 2.00 | -2.00 |" in page
+    assert "5 min with the cores split between 2 runs at once" in page and "hand-written" in page
+    assert "Not run yet: flagship, sweep_100_128" in page
+    assert results.REEVAL in page and "3,700,000 impostor" in page
