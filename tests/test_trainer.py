@@ -239,6 +239,10 @@ def test_refit_continues_the_cosine_without_a_jump() -> None:
     h2 = WarmupCosine(warmup_steps=300, total_steps=10_000)
     h2.refit(35, 5_000)  # fitted during warmup: the warmup is untouched, the cosine starts at its end
     assert h2(35) == pytest.approx(36 / 300) and h2(300) == pytest.approx(1.0)
+    h3 = WarmupCosine(warmup_steps=300, total_steps=30_000)
+    h3.refit(35, 900)  # a short budgeted run: the warmup shrinks to a tenth of it
+    assert h3.warmup_steps == 90 and h3(35) == pytest.approx(36 / 90) and h3(90) == pytest.approx(1.0)
+    assert h3(495) == pytest.approx(0.5) and h3(900) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_sampler_shards_views_and_start() -> None:
@@ -277,7 +281,7 @@ def test_time_budget_fits_the_cosine_decay(tmp_path: Path) -> None:
     fitted = [m for m in logs if "the learning-rate schedule now decays to zero at step" in m]
     assert len(fitted) == 1
     refits = [m for m in logs if "re-fitted to end at step" in m]
-    horizon = int((refits or fitted)[-1].rsplit("step ", 1)[1])
+    horizon = int((refits or fitted)[-1].rsplit("at step ", 1)[1].split()[0])
     # it stops where the fitted schedule ends (or a few steps earlier when the wall clock wins)
     assert 0.8 * horizon <= res.steps <= horizon
     state = safe_torch_load(res.last_checkpoint)["scheduler"]["lr_lambdas"][0]

@@ -60,7 +60,14 @@ class WarmupCosine:
         return min(1.0, max(0.0, p))
 
     def refit(self, step: int, total_steps: int) -> None:
-        """End the decay at ``total_steps`` instead, continuing from the progress reached at ``step``."""
+        """End the decay at ``total_steps`` instead, continuing from the progress reached at ``step``.
+
+        The first fit also caps the warmup at a tenth of the fitted run (but not below ``step``): a
+        300-step warmup would otherwise be most of a 5-minute run.
+        """
+        if not self.fitted:
+            self.warmup_steps = min(self.warmup_steps, max(step, total_steps // 10))
+            self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
         at = max(step, self.warmup_steps)
         self.anchor_progress = self.progress(at)
         self.anchor_step, self.total_steps, self.fitted = at, max(total_steps, at + 1), True

@@ -358,7 +358,8 @@ def fit(student: nn.Module, student_preprocessing: Preprocessing, teacher_source
                         if env.is_main:
                             log(f"time budget: {settings.epochs} epochs ({total_steps} steps) do not fit in "
                                 f"{settings.max_minutes} min at {per_step:.2f} s/step; the learning-rate schedule "
-                                f"now decays to zero at step {horizon.total_steps}" if first else
+                                f"now decays to zero at step {horizon.total_steps} (warmup {horizon.warmup_steps} "
+                                f"steps)" if first else
                                 f"time budget: now {per_step:.2f} s/step; the learning-rate schedule re-fitted to "
                                 f"end at step {horizon.total_steps}")
                 calib = (step, next_calib) if horizon.fitted else None
