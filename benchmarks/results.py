@@ -267,11 +267,30 @@ def model_row(model: dict, entry: Entry | None) -> dict[str, Any]:
         rep = json.loads((run.dir / "report.json").read_text())
         cfg = rep.get("config", {})
         row["train"] = (rep.get("extra") or {}).get("train")
+        row["scale_plateau_steps"] = plateau_steps(run.dir / "metrics.csv")
         row["budget_minutes"] = (cfg.get("train") or {}).get("max_minutes")
         row["loss"] = (cfg.get("train") or {}).get("loss")
         row["teacher_mode"] = (cfg.get("train") or {}).get("teacher_mode")
         row["command"] = shlex.join(run.command())
     return row
+
+
+PLATEAU_DROP = 0.02
+
+
+def plateau_steps(metrics_csv: Path) -> int | None:
+    """Steps until the training loss first fell below 2% of its first logged value (None: never).
+
+    A fresh student's raw outputs are ~20x the dlib descriptors' scale, so the loss starts in the
+    hundreds and sits there until the head has shrunk; this counts the steps that took.
+    """
+    import csv
+
+    with open(metrics_csv) as f:
+        rows = [(int(float(r["step"])), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
+    if not rows:
+        return None
+    return next((step for step, loss in rows if loss < PLATEAU_DROP * rows[0][1]), None)
 
 
 def collect(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -303,7 +322,10 @@ def _row_md(r: dict[str, Any]) -> str:
     d, tr = r["devtest"], r.get("train") or {}
     alpha = {"100": "1.0", "075": "0.75", "050": "0.5", "025": "0.25"}.get(r["model"].split("-")[0][-3:], "")
     label = f"**{r['name']}**" if r["group"] == "flagship" else r["name"]
-    budget = "" if r["role"] == "teacher" else f"{tr.get('seconds', 0) / 60:.0f} min / {tr.get('epochs', '')} ep"
+    plateau = r.get("scale_plateau_steps")
+    budget = "" if r["role"] == "teacher" else (
+        f"{tr.get('seconds', 0) / 60:.0f} min, {tr.get('steps', '')} steps "
+        f"({'never' if plateau is None else plateau})")
     return "| " + " | ".join([
         label, r["model"].split(" (")[0], alpha, str(r["input_size"]), budget,
         f"{_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])}", f"{d['auc']:.4f}" if d["auc"] else "",
@@ -314,7 +336,7 @@ def _row_md(r: dict[str, Any]) -> str:
         "" if r.get("images_per_s_bf16") is None else f"{r['images_per_s_bf16']:.0f}"]) + " |"
 
 
-TABLE_HEAD = ("| run | model | alpha | input | trained | DevTest acc % | AUC | EER % | TAR@FAR=1e-3 % (all pairs) "
+TABLE_HEAD = ("| run | model | alpha | input | trained (scale reached) | DevTest acc % | AUC | EER % | TAR@FAR=1e-3 % (all pairs) "
               "| cos to teacher | params | mult-adds | img/s fp32 | img/s bf16 |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -324,7 +346,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     points = [{"name": r["name"].replace("sweep_", ""), "role": r["role"], "mult_adds": r["mult_adds"],
                "accuracy": r["devtest"]["accuracy_mean"], "std": r["devtest"]["accuracy_std"],
-               "run": r["group"] if r["role"] == "teacher" else f"{r['group']} ({_budget(r)})"}
+               "run": "" if r["role"] == "teacher" else f"{r['group']} ({_budget(r)})"}
               for r in rows if r["group"] in ("teacher", "flagship", "sweep")]
     png = tradeoff_figure(points, "LFW pairsDevTest: accuracy vs mult-adds (identity-disjoint)")
     if png:
@@ -378,11 +400,13 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         "(the teacher's 128-D descriptor is the target), cached teacher on 16 augmented views per image.",
         "- Test: `pairsDevTest.txt` (500 + 500 pairs), accuracy by 10-fold cross-validation of the threshold, "
         "ROC AUC, EER; TAR at FAR=1e-3 on **all pairs of the DevTest people's images** "
-        f"({allp.get('n_genuine')} genuine, {allp.get('n_impostor'):,} impostor): View 2 restricted to DevTest "
+        f"({allp.get('n_genuine'):,} genuine, {allp.get('n_impostor'):,} impostor): View 2 restricted to DevTest "
         "people has only 78 impostor pairs, too few for FAR=1e-3, so this is the nearest estimable protocol. "
         "The teacher is measured on exactly the same pairs and chips.",
         "- Speed: images/s at batch 32 on this CPU (torch, 2 threads; fp32 and bf16 autocast), "
-        "measured for every model in the one evaluation run.",
+        "measured for every model in the one evaluation run. They are lower and noisier than `make bench`'s "
+        "isolated measurements on the same machine (a 2-core VM): compare within a column, and see "
+        "BENCHMARKS.md for speed.",
         "",
     ]
     if flag:
@@ -391,7 +415,9 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
     out += [_row_md(r) for r in by_group("flagship") + by_group("sweep")]
     missing = [r.name for r in runs if r.group in ("flagship", "sweep") and not r.finished]
     sweep = by_group("sweep")
-    out += ["", "`trained`: wall time of training (the teacher cache is built once, before) and epochs seen. "
+    out += ["", "`trained`: wall time of training (the teacher cache is built once, before), optimiser steps "
+            "(batch 64), and in brackets the step at which the loss first fell below 2% of its starting value "
+            "(the raw outputs reached the teacher's scale; `never`: the run ended before). "
             "The flagship trained alone on every core"
             + (f"; each sweep row had {_budget(sweep[0])} with the cores split between {jobs} runs at once, "
                "so wider and larger students see fewer epochs" if sweep else "") + "."]
@@ -415,7 +441,7 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         base = next((r for r in abl if r["name"] == "ablation_baseline"), None)
         out += [f"## Levers measured (0.5 MobileNet-112, {_budget(abl[0])} each, {jobs} runs at once)", "",
                 "| run | change from the flagship recipe | DevTest acc % | vs baseline | TAR@1e-3 % (all pairs) | "
-                "cos to teacher | epochs |", "|---|---|---|---|---|---|---|"]
+                "cos to teacher | steps (scale reached) |", "|---|---|---|---|---|---|---|"]
         for r in abl:
             run = next(x for x in runs if x.name == r["name"])
             change = ", ".join(f"`{o}`" for o in run.overrides if o.split("=")[0] not in
@@ -424,7 +450,8 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
                 f"{100 * (r['devtest']['accuracy_mean'] - base['devtest']['accuracy_mean']):+.2f}"
             out.append(f"| {r['name']} | {change} | {_pct(r['devtest']['accuracy_mean'])} ± "
                        f"{_pct(r['devtest']['accuracy_std'])} | {delta} | {_pct(_tar(r['all_pairs']), 1)} | "
-                       f"{r['fidelity_mean']:.3f} | {(r.get('train') or {}).get('epochs', '')} |")
+                       f"{r['fidelity_mean']:.3f} | {(r.get('train') or {}).get('steps', '')} "
+                       f"({r.get('scale_plateau_steps') or 'never'}) |")
         out.append("")
     out += [notes.strip(), "", "## Commands", "", "Training (each run; `--resume` continues an interrupted one):",
             "```"] + [shlex.join(r.command()) for r in runs] + [

@@ -78,3 +78,29 @@ def test_results_page_renders_every_section_from_rows(tmp_path, monkeypatch):
     assert "5 min with the cores split between 2 runs at once" in page and "hand-written" in page
     assert "Not run yet: flagship, sweep_100_128" in page
     assert results.REEVAL in page and "3,700,000 impostor" in page
+
+
+@pytest.mark.slow
+def test_committed_flagship_reproduces_its_results_row(lfw_root, tmp_path):
+    """The one-line re-evaluation of RESULTS.md: the committed checkpoint gives the committed numbers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    ckpt = ROOT / results.FLAGSHIP_CKPT
+    assert ckpt.stat().st_size <= results.MAX_CHECKPOINT_BYTES
+    row = json.loads((ROOT / "results" / "flagship.json").read_text())
+    out = tmp_path / "ev"
+    res = subprocess.run([sys.executable, "-m", "distill.cli", "eval", "configs/lfw_devtest_eval.yaml", "--checkpoint",
+                          str(ckpt), "--no-teacher", "--set", "eval.latency=false", "--out", str(out)],
+                         capture_output=True, text=True, timeout=1200, cwd=ROOT,
+                         env={**os.environ, "FACEDISTILL_LFW": str(lfw_root)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    model = json.loads((out / "report.json").read_text())["models"][0]
+    dev, allp = model["protocols"]["DevTest"], model["protocols"]["DevTest-all-pairs"]
+    assert dev["accuracy_mean"] == pytest.approx(row["devtest"]["accuracy_mean"], abs=1e-9)
+    assert dev["auc"] == pytest.approx(row["devtest"]["auc"], abs=1e-6)
+    assert allp["tar_at_far"]["0.001"] == pytest.approx(row["all_pairs"]["tar_at_far"]["0.001"], abs=1e-6)
+    assert model["fidelity"]["mean"] == pytest.approx(row["fidelity_mean"], abs=1e-4)
+    assert row["mult_adds"] * 5 <= json.loads((ROOT / "results" / "teacher.json").read_text())["mult_adds"]
