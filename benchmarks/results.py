@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python -m benchmarks.results --report-only    # rewrite RESULTS.md from what is finished
     .venv/bin/python -m benchmarks.results --dry-run        # print the plan (commands) and stop
 
-The plan is ``configs/lfw_study.yaml``: the flagship run, the width x resolution sweep and the
+The plan is ``configs/studies/lfw.yaml``: the flagship run, the width x resolution sweep and the
 ablations, each a ``distill run`` of the flagship config with ``--set`` overrides into
 ``runs/results/<name>`` (a finished run is skipped, an interrupted one resumes). Then one
 ``distill eval`` measures the teacher and every finished student on the same pairs and the same
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import datetime as dt
 import json
 import os
@@ -163,8 +164,8 @@ def train_all(runs: Sequence[Run], jobs: int = 1) -> None:
     def one(r: Run) -> None:
         resume = (r.dir / "checkpoints").is_dir() and any((r.dir / "checkpoints").iterdir())
         log = RUNS / "logs" / f"{r.name}.log"
-        print(f"{dt.datetime.now():%H:%M:%S} {r.name}: {'resuming' if resume else 'training'} (log: {log})",
-              flush=True)
+        print(f"{dt.datetime.now():%H:%M:%S} {r.name}: {'resuming' if resume else 'training'}"
+              + (f" (progress: tail -f {log})" if jobs > 1 else ""), flush=True)
         _distill(r.command("resume" if resume else "fresh"), log,
                  threads=max(1, _cores() // jobs) if jobs > 1 else None, echo=jobs == 1)
         print(f"{dt.datetime.now():%H:%M:%S} {r.name}: done", flush=True)
@@ -284,8 +285,6 @@ def plateau_steps(metrics_csv: Path) -> int | None:
     A fresh student's raw outputs are ~20x the dlib descriptors' scale, so the loss starts in the
     hundreds and sits there until the head has shrunk; this counts the steps that took.
     """
-    import csv
-
     with open(metrics_csv) as f:
         rows = [(int(float(r["step"])), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
     if not rows:
