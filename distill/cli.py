@@ -1,7 +1,8 @@
 """The ``distill`` command line.
 
-Exit codes: 0 ok, 2 bad usage or configuration, 1 runtime failure. Errors are
-one paragraph on stderr; ``--debug`` shows the traceback.
+Exit codes (:mod:`distill.errors`): 0 ok; 2 an input the user must fix (arguments, config keys,
+data folders, pairs files, weights files: one paragraph naming it and a remedy that exists);
+1 a runtime failure; 130 interrupted. ``--debug`` shows the traceback.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-class UsageError(Exception):
-    """Bad arguments or configuration: exit code 2."""
+from distill.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UsageError
+
+__all__ = ["main", "build_parser", "UsageError"]
 
 
 def _fmt_millions(n: float) -> str:
@@ -22,12 +24,9 @@ def _fmt_millions(n: float) -> str:
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:
     """Print ``rows`` as an aligned text table; ``columns`` is (key, header)."""
-    cells = [[str(r.get(k, "")) for k, _ in columns] for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
-    print("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths)))
-    print("  ".join("-" * w for w in widths))
-    for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+    from distill.evaluation.tables import text_table
+
+    print("\n".join(text_table([h for _, h in columns], [[str(r.get(k, "")) for k, _ in columns] for r in rows])))
 
 
 # --------------------------------------------------------------------------- models / profile
@@ -54,6 +53,7 @@ def _teacher_rows() -> list[dict[str, Any]]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``distill models``: every registered student and teacher with params and mult-adds."""
     from students import STUDENTS
 
     rows = [_student_row(e.name) for e in STUDENTS] + _teacher_rows()
@@ -69,6 +69,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    """``distill profile NAME``: params and mult-adds of one student configuration (the paper's cost planning)."""
     from students import STUDENTS
 
     if args.name not in STUDENTS:
@@ -118,17 +119,19 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``distill run CONFIG``: the whole pipeline, or with ``--dry-run`` only its plan."""
     from distill import pipeline
 
     cfg = _load(args)
     if args.dry_run:
-        print(pipeline.format_plan(pipeline.plan(cfg)))
+        print(pipeline.plan(cfg).format())
         return 0
     pipeline.run(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    """``distill cache-teacher CONFIG``: build the cached teacher embeddings on their own."""
     from distill import pipeline
 
     pipeline.cache_teacher(_load(args))
@@ -136,6 +139,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``distill eval CONFIG --checkpoint FILE``: evaluate the teacher and saved or exported students."""
     from distill import pipeline
 
     cfg = _load(args)
@@ -145,6 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``distill report RUN...``: one comparison page over finished runs."""
     from distill import pipeline
 
     pipeline.compare(args.run_dirs, args.out)
@@ -160,6 +165,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``distill`` command (``--help`` text included)."""
     parser = argparse.ArgumentParser(
         prog="distill",
         description="Distil a large face-embedding teacher into a MobileNet student, "
@@ -218,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="compare finished runs in one page (accuracy vs mult-adds)",
                        description="Read report.json of each run directory and write a comparison "
-                                   "(compare.json/.md/.html with the accuracy-versus-mult-adds plot).")
+                                   "(comparison.json/.md/.html with the accuracy-versus-mult-adds plot).")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     p.set_defaults(func=cmd_report)
@@ -230,20 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``distill`` command line; returns the exit code (see the module docs)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    from distill.config import ConfigError
-    from distill.preprocess import AlignmentMismatchError
-    from distill.rundir import RunDirError
-
     try:
         return func(args)
-    except (UsageError, ConfigError, RunDirError, AlignmentMismatchError) as e:
+    except InputError as e:
         if args.debug:
             raise
         print(f"distill: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print("distill: interrupted", file=sys.stderr)
         return 130
@@ -254,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ours = type(e).__module__.split(".")[0] in ("distill", "teachers", "students")
         text = str(e) if ours else f"{type(e).__name__}: {e}"
         print(f"distill: error: {text}\n(run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import typing
@@ -21,21 +22,25 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from distill.errors import InputError
 from distill.preprocess import ALIGNMENTS
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A configuration problem the user can fix; the CLI exits with code 2."""
 
 
 class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------- data
 class SyntheticSettings(Section):
+    """``data.synthetic``: the generated identities of the offline default."""
     identities: int = Field(120, ge=4, description="number of synthetic identities (>= 2 on each side of the split)")
     images_per_identity: int = Field(8, ge=2, description="images drawn per identity")
     size: int = Field(250, ge=64, le=1024, description="side of each generated image (LFW-like framing)")
@@ -44,6 +49,7 @@ class SyntheticSettings(Section):
 
 
 class AugmentSettings(Section):
+    """``data.augment``: the augmentation recipe of training views (probabilities and magnitudes)."""
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     shift_scale: float = Field(0.08, ge=0, le=0.5, description="max relative shift and scale change")
     rotate: float = Field(8.0, ge=0, le=45, description="max rotation in degrees")
@@ -54,9 +60,14 @@ class AugmentSettings(Section):
     noise: float = Field(0.0, ge=0, le=1, description="probability of Gaussian noise")
     jpeg: float = Field(0.0, ge=0, le=1, description="probability of JPEG re-compression")
     cutout: float = Field(0.0, ge=0, le=1, description="probability of a random erased patch")
+    mixup: float = Field(0.0, ge=0, le=1, description=(
+        "probability that a view blends two training faces (the teacher labels the blend; Beyer et al. 2022)"))
+    cutmix: float = Field(0.0, ge=0, le=1, description=(
+        "probability that a view pastes a rectangle of another training face (the teacher labels it)"))
 
 
 class DataSettings(Section):
+    """``data``: where training faces come from, how they are split, aligned and cached."""
     source: Literal["synthetic", "folder"] = Field("synthetic", description=(
         "'synthetic': generate identities offline (the embedded default); 'folder': an identity-folder tree"))
     root: Optional[Path] = Field(None, description="identity-folder root (root/<identity>/<image>) when source=folder")
@@ -74,20 +85,26 @@ class DataSettings(Section):
         "images where no face is found: centre crop (counted and reported) or skip"))
     cache_dir: Path = Field(Path(".cache/facedistill"), description="aligned-face and teacher-embedding caches")
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
-    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes (0 = in the main process)")
+    workers: int = Field(0, ge=0, le=64, description=(
+        "worker processes for face alignment and for the training DataLoader's augmentation "
+        "(0 = in the main process)"))
 
 
 # --------------------------------------------------------------------------- models
 class TeacherSettings(Section):
+    """``teacher``: the registered teacher, its weights, options and inference precision."""
     name: str = Field("dlib_resnet", description="registered teacher (see `distill models`)")
     weights: Optional[str] = Field(None, description=(
         "weights: a named set (facenet: vggface2, casia-webface) or a local file path"))
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the teacher")
     precision: Literal["fp32", "bf16"] = Field("bf16", description=(
-        "teacher inference precision (bf16 autocast ~3.7x faster on AMX CPUs, cosine >= 0.9999 to fp32)"))
+        "teacher inference precision for training targets (bf16 autocast ~3.7x faster on AMX CPUs, cosine "
+        ">= 0.9999 to fp32); evaluation always runs the teacher in fp32"))
+    batch_size: int = Field(128, ge=1, le=4096, description="batch size of teacher inference (cache building)")
 
 
 class StudentSettings(Section):
+    """``student``: the registered student and its width, input size and embedding head."""
     name: str = Field("mobilenet_v1_050", description="registered student (see `distill models`)")
     input_size: int = Field(112, ge=32, le=512, description="input resolution (the paper's rho x 224)")
     alpha: Optional[float] = Field(None, gt=0, le=4, description="width multiplier (mobilenet_v1 only)")
@@ -99,15 +116,78 @@ class StudentSettings(Section):
 
 # --------------------------------------------------------------------------- training
 class LossSettings(Section):
-    mse: float = Field(1.0, ge=0, description="weight of the paper's squared-difference term")
-    cosine: float = Field(0.0, ge=0, description="weight of a (1 - cosine) term")
-    relational: float = Field(0.0, ge=0, description="weight of a batch pairwise-distance matching term")
+    """``train.loss``: registered terms with their weights (``cosine: 0.5`` or ``{weight: 0.5, <option>: v}``)
+    plus how both embeddings are prepared. ``mse`` (the paper's term) defaults to 1.0, every other term to 0.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     normalize: Optional[bool] = Field(None, description="L2-normalise both sides; default: if the teacher does")
     projection: Optional[bool] = Field(None, description=(
         "learnable linear projection student->teacher dim; default: only when the dims differ"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mse" not in data:
+            data = {**data, "mse": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _terms_are_registered(self) -> "LossSettings":
+        for name, value in (self.model_extra or {}).items():
+            self.model_extra[name] = _loss_term(name, value)
+        return self
+
+    def terms(self) -> dict[str, tuple[float, dict[str, Any]]]:
+        """Every term given a weight > 0: ``{name: (weight, options)}``, in the order written."""
+        out = {}
+        for name, spec in (self.model_extra or {}).items():
+            weight, options = _weight_and_options(spec)
+            if weight > 0:
+                out[name] = (weight, options)
+        return out
+
+    def weight(self, name: str) -> float:
+        """The weight of term ``name`` (0 when the config does not set it)."""
+        spec = (self.model_extra or {}).get(name)
+        return 0.0 if spec is None else _weight_and_options(spec)[0]
+
+
+def _weight_and_options(spec: Any) -> tuple[float, dict[str, Any]]:
+    if isinstance(spec, dict):
+        return float(spec.get("weight", 1.0)), {k: v for k, v in spec.items() if k != "weight"}
+    return float(spec), {}
+
+
+def _loss_term(name: str, value: Any) -> Any:
+    """A ``train.loss.<name>`` entry checked against the registered term: its weight, or ``{"weight", **options}``."""
+    from distill.losses import LOSS_TERMS
+
+    if name not in LOSS_TERMS:
+        valid = ["normalize", "projection", *LOSS_TERMS.names()]
+        raise PydanticCustomError("unknown_loss_term", "unknown key {key}", {"key": name, "valid": valid})
+    spec = {"weight": value} if not isinstance(value, dict) else dict(value)
+    weight = spec.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise PydanticCustomError("bad_loss_weight", f"train.loss.{name}: the weight must be a finite number >= 0, got "
+                                  f"{weight!r}")
+    options = {k: v for k, v in spec.items() if k != "weight"}
+    factory = LOSS_TERMS.get(name).factory
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise PydanticCustomError("bad_loss_option", f"train.loss.{name}: unknown option(s) {', '.join(unknown)}; "
+                                  f"this term takes weight{''.join(f', {a}' for a in accepted)}")
+    try:
+        LOSS_TERMS.build(name, **options)
+    except (TypeError, ValueError) as e:
+        raise PydanticCustomError("bad_loss_option", f"train.loss.{name}: {e}".replace("{", "(").replace("}", ")"))
+    return {"weight": float(weight), **options} if options else float(weight)
+
 
 class TrainSettings(Section):
+    """``train``: teacher mode, schedule, optimiser, precision, budget, checkpoints and the loss."""
     teacher_mode: Literal["online", "cached"] = Field("online", description=(
         "online: teacher embeds every augmented batch; cached: K fixed views per image computed once"))
     cache_views: int = Field(4, ge=1, le=256, description="K augmented views per image in cached mode")
@@ -127,6 +207,14 @@ class TrainSettings(Section):
     channels_last: bool = True
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     eval_every: Optional[int] = Field(None, ge=1, description="epochs between evaluations (null = at the end)")
+    target_scale: Optional[bool] = Field(None, description=(
+        "standardise raw teacher targets (per-dimension mean, one global scale, measured on the teacher's "
+        "outputs) so the student starts at their scale; folded back into the student's head, so the saved "
+        "student emits the teacher's units. null = on for raw teachers when the student has an embedding head "
+        "and no projection"))
+    ema: Optional[float] = Field(None, gt=0, lt=1, description=(
+        "decay of an exponential moving average of the student's weights, evaluated and saved instead of "
+        "the raw weights (null = off)"))
     nonfinite: Literal["stop", "skip"] = Field("stop", description=(
         "non-finite loss: stop keeping the last good checkpoint, or skip the batch"))
     loss: LossSettings = Field(default_factory=LossSettings)
@@ -134,8 +222,13 @@ class TrainSettings(Section):
 
 # --------------------------------------------------------------------------- evaluation / output
 class PairsSpec(Section):
-    file: Path = Field(description="pairs file in the LFW format (View 1 or View 2)")
-    name: Optional[str] = Field(None, description="protocol name in reports (default: the file name)")
+    """One verification protocol: an LFW-format pairs ``file``, or an identity-folder set (``folder``)."""
+
+    file: Optional[Path] = Field(None, description="pairs file in the LFW format (View 1 or View 2)")
+    folder: Optional[Path] = Field(None, description=(
+        "instead of a pairs file: an identity-folder set (folder/<person>/<image>, any image format, e.g. ORL's "
+        "sN/M.pgm); its pairs are every pair of its images, or a seeded sample (sample_pairs)"))
+    name: Optional[str] = Field(None, description="protocol name in reports (default: the file or folder name)")
     only_people_in: Optional[Path] = Field(None, description=(
         "keep only pairs whose people all appear in this pairs file (e.g. View 2 restricted to DevTest people)"))
     teacher_only: bool = Field(False, description=(
@@ -144,21 +237,42 @@ class PairsSpec(Section):
         "instead of the file's pairs, evaluate every pair of images of its people (those also in "
         "only_people_in, if given): genuine = same person, impostor = different people; "
         "enough impostors for TAR at low FAR (LFW DevTest people: 3.7M)"))
+    sample_pairs: Optional[int] = Field(None, ge=1, description=(
+        "folder: a seeded sample of this many genuine and as many impostor pairs (default: every pair)"))
+    folds: int = Field(10, ge=2, le=100, description="folds of the threshold cross-validation (folder protocols)")
+
+    @model_validator(mode="after")
+    def _file_or_folder(self) -> "PairsSpec":
+        if (self.file is None) == (self.folder is None):
+            raise ValueError("give exactly one of file (an LFW-format pairs file) and folder (an identity-folder "
+                             "set)")
+        if self.folder is not None and (self.only_people_in is not None or self.all_pairs):
+            raise ValueError("only_people_in and all_pairs apply to pairs files; a folder protocol already pairs "
+                             "every image of its people (or sample_pairs of them)")
+        if self.file is not None and self.sample_pairs is not None:
+            raise ValueError("sample_pairs applies to folder protocols")
+        return self
 
     @property
     def label(self) -> str:
-        return self.name or self.file.stem
+        """The protocol's name in reports."""
+        return self.name or (self.file.stem if self.file is not None else self.folder.name)
 
 
 class EvalSettings(Section):
+    """``eval``: the protocols, identification, latency and extraction settings."""
     pairs: list[PairsSpec] = Field(default_factory=list, description=(
-        "pairs protocols to evaluate on: a path, or {file, name, only_people_in, teacher_only, all_pairs}; "
-        "synthetic data brings its own"))
+        "protocols to evaluate on: a pairs file or an identity folder (a path), or {file|folder, name, ...}; "
+        "synthetic data brings its own, data.holdout_fraction adds its held-out people"))
     images_root: Optional[Path] = Field(None, description="where pairs' images live (default: data.root)")
     download_lfw: bool = Field(False, description=(
         "when LFW (pairs files + images_root) is missing and the machine is online, download it from the "
         "official archive (checksums verified) into the pairs files' folder"))
     flip_tta: bool = Field(False, description="average the embedding of the image and its mirror")
+    student_score: Literal["auto", "cosine", "euclidean"] = Field("auto", description=(
+        "how students' pairs are scored: auto = the student's own convention (cosine for L2-normalised "
+        "outputs, negative Euclidean distance for raw ones), or cosine / euclidean on any student; teachers "
+        "always use their own; the report names the score"))
     identification: bool = Field(True, description="1:N gallery/probe identification with FAISS")
     latency: bool = Field(True, description="measure CPU latency (batch 1 and 32)")
     batch_size: int = Field(128, ge=1)
@@ -166,12 +280,14 @@ class EvalSettings(Section):
     @field_validator("pairs", mode="before")
     @classmethod
     def _paths_are_specs(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"file": item} if isinstance(item, (str, Path)) else item for item in v]
+        if isinstance(v, list):  # a bare path: a folder is an identity-folder set, anything else a pairs file
+            return [({"folder": item} if Path(item).is_dir() else {"file": item}) if isinstance(item, (str, Path))
+                    else item for item in v]
         return v
 
 
 class Config(Section):
+    """A whole run: every section, the seed and the output folder."""
     name: str = Field("run", description="run name (used in reports)")
     seed: int = Field(0, description="seed for splits, augmentation and initialisation")
     data: DataSettings = Field(default_factory=DataSettings)
@@ -207,12 +323,18 @@ def _valid_keys(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
 def _format_error(err: dict[str, Any], source: str) -> str:
     loc = tuple(str(p) for p in err["loc"])
     path = ".".join(loc)
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "unknown_loss_term":  # an extra key of train.loss that names no registered term
+        loc, valid = loc + (err["ctx"]["key"],), err["ctx"]["valid"]
+        path = ".".join(loc)
+    elif err["type"] == "extra_forbidden":
         valid = _valid_keys(Config, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
-        return f"{source}: unknown key '{path}'.{hint} Valid keys here: {', '.join(valid)}."
-    return f"{source}: '{path}' = {err.get('input')!r}: {err['msg']}."
+    else:
+        if err["type"] in ("bad_loss_weight", "bad_loss_option"):
+            return f"{source}: {err['msg']}."
+        return f"{source}: '{path}' = {err.get('input')!r}: {err['msg']}."
+    close = difflib.get_close_matches(loc[-1], valid, n=1)
+    hint = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""
+    return f"{source}: unknown key '{path}'.{hint} Valid keys here: {', '.join(valid)}."
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -231,6 +353,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``KEY=VALUE`` overrides (YAML values) into the raw config dict ``doc``; returns ``doc``.
+    
+    Raises:
+        ConfigError: a malformed override, or one that descends into a value."""
     for item in overrides:
         parts, value = parse_override(item)
         node = doc
@@ -280,7 +406,7 @@ def expand_env(value: Any) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML document.
 
     This is how shipped configs point at data and weights that live elsewhere
-    (e.g. ``root: ${FACEDISTILL_LFW:-../shared/data/lfw}/lfw-deepfunneled``).
+    (e.g. ``root: ${FACEDISTILL_LFW:-../../shared/data/lfw}/lfw-deepfunneled``).
     """
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
@@ -299,8 +425,58 @@ def expand_env(value: Any) -> Any:
     return value
 
 
+#: keys whose values are paths a run reads: relative values in a config file are read from the file's folder
+INPUT_PATH_KEYS = ("data.root", "data.exclude_identities_in", "eval.images_root", "eval.pairs", "teacher.weights")
+#: the path rule, stated wherever a path is reported missing
+PATH_RULE = ("relative paths in a config file are read from the config file's folder (those from an environment "
+             "variable, and --set values, from the working folder); out and data.cache_dir are relative to the "
+             "working folder")
+
+
+def _anchor(raw: str, base: Path) -> str:
+    """``raw`` (a path, maybe with ``${VAR}``s) made absolute: from the working folder when it starts with a set
+    environment variable (the shell's relative paths), else from ``base`` (the config file's folder)."""
+    m = _ENV.match(raw)
+    from_env = m is not None and bool(os.environ.get(m.group(1)))
+    value = expand_env(raw)
+    if os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(os.getcwd() if from_env else base, value))
+
+
+def _looks_like_file(value: str) -> bool:
+    """teacher.weights is a named set (vggface2) or a file: only the latter is a path."""
+    return "/" in value or os.sep in value or bool(Path(value).suffix)
+
+
+def anchor_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The input paths of a raw config (:data:`INPUT_PATH_KEYS`) made absolute per :data:`PATH_RULE`."""
+    def fix(v: Any) -> Any:
+        return _anchor(v, base) if isinstance(v, str) and v else v
+
+    data, ev, teacher = (doc.get(k) if isinstance(doc.get(k), dict) else None for k in ("data", "eval", "teacher"))
+    if data is not None:
+        if "root" in data:
+            data["root"] = fix(data["root"])
+        if isinstance(data.get("exclude_identities_in"), list):
+            data["exclude_identities_in"] = [fix(v) for v in data["exclude_identities_in"]]
+    if ev is not None:
+        if "images_root" in ev:
+            ev["images_root"] = fix(ev["images_root"])
+        if isinstance(ev.get("pairs"), list):
+            ev["pairs"] = [fix(item) if isinstance(item, str) else
+                           {k: fix(v) if k in ("file", "folder", "only_people_in") else v for k, v in item.items()}
+                           if isinstance(item, dict) else item for item in ev["pairs"]]
+    if teacher is not None and isinstance(teacher.get("weights"), str) and _looks_like_file(teacher["weights"]):
+        teacher["weights"] = fix(teacher["weights"])
+    return doc
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (YAML) or start from defaults, apply ``--set`` overrides, validate."""
+    """Read ``path`` (YAML) or start from defaults, apply ``--set`` overrides, validate.
+
+    Relative paths follow :data:`PATH_RULE`. Raises :class:`ConfigError` listing every problem.
+    """
     doc: Any = {}
     source = "config"
     if path is not None:
@@ -314,6 +490,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if doc is None:
             doc = {}
+        if isinstance(doc, dict):
+            doc = anchor_paths(doc, path.resolve().parent)
     if overrides:
         if not isinstance(doc, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
@@ -322,6 +500,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def to_yaml(cfg: Config) -> str:
+    """The config as YAML (what ``RUN/config.yaml`` holds)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
@@ -360,6 +539,14 @@ def reference_markdown(model: type[BaseModel] = Config, prefix: str = "") -> str
         desc = (field.description or "") + (f" ({limits})" if limits else "")
         shown = "required" if field.is_required() else f"`{default!r}`"
         rows.append(f"| `{key}` | {_type_name(field.annotation)} | {shown} | {desc} |")
+    if model is LossSettings:  # registered loss terms are keys of train.loss too
+        from distill.losses import LOSS_TERMS
+
+        for entry in LOSS_TERMS:
+            options = [p for p in inspect.signature(entry.factory).parameters if p not in ("self", "args", "kwargs")]
+            opts = f"; options: {', '.join(options)}" if options else ""
+            rows.append(f"| `{prefix}{entry.name}` | float \\| {{weight, ...}} | `{1.0 if entry.name == 'mse' else 0.0}` "
+                        f"| term weight: {entry.description}{opts} |")
     text = ""
     if rows:
         title = prefix.rstrip(".") or "top level"

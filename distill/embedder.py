@@ -21,11 +21,15 @@ from distill.preprocess import Preprocessing
 
 @runtime_checkable
 class Embedder(Protocol):
+    """Anything that embeds aligned faces: a name, its input contract and whether outputs are unit rows."""
+
     name: str
     preprocessing: Preprocessing
     normalized: bool
 
-    def embed(self, faces: torch.Tensor) -> torch.Tensor: ...
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned uint8 faces ``(B, S, S, 3)`` (any size: resized by ``preprocessing``) -> ``(B, D)`` float32."""
+        ...
 
 
 class ModuleEmbedder:
@@ -43,6 +47,7 @@ class ModuleEmbedder:
 
     @torch.no_grad()
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned uint8 faces ``(B, H, W, 3)`` -> ``(B, D)`` float32, in eval mode without gradients."""
         was_training = self.module.training
         self.module.eval()
         x = self.preprocessing(faces)

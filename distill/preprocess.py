@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from distill.errors import InputError
+
 #: alignment templates the data pipeline knows how to produce (see distill.data.align)
 ALIGNMENTS = ("dlib_150", "facenet_160", "arcface_112")
 
 
-class AlignmentMismatchError(ValueError):
+class AlignmentMismatchError(InputError, ValueError):
     """Data aligned for one template was about to be fed to a model expecting another."""
 
 
@@ -65,14 +67,21 @@ class Preprocessing:
         return (x - mean) / std
 
     def with_size(self, input_size: int) -> "Preprocessing":
+        """The same contract at another input size."""
         return replace(self, input_size=input_size)
 
     def to_dict(self) -> dict:
+        """Plain-JSON form (stored in student files and exported metadata)."""
         return asdict(self)
 
     def fingerprint(self) -> str:
         """Stable short hash, used in cache keys."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def student_preprocessing(input_size: int, alignment: str) -> Preprocessing:
+    """A student's input contract: the teacher's aligned view resized to ``input_size``, ``(x - 127.5) / 128``."""
+    return Preprocessing(input_size=input_size, mean=(127.5,) * 3, std=(128.0,) * 3, alignment=alignment)
 
 
 def check_alignment(data_alignment: str, model_pre: Preprocessing, who: str) -> None:

@@ -18,15 +18,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @dataclass(frozen=True)
 class Cost:
+    """Parameters and mult-adds of a network at one input size."""
     params: int
     mult_adds: int
     input_size: int
 
     def to_dict(self) -> dict:
+        """Plain-JSON form."""
         return asdict(self)
 
 
 def count_params(module: nn.Module) -> int:
+    """Number of parameters (trainable or not) of ``module``."""
     return sum(p.numel() for p in module.parameters())
 
 

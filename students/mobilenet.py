@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import make_divisible
 
-from .heads import make_head
+from .heads import HeadContract, make_head
 
 #: Table 1 body after the stem: (output channels, stride of the depthwise conv)
 MOBILENET_V1_BODY: tuple[tuple[int, int], ...] = (
@@ -58,7 +58,7 @@ class DepthwiseSeparable(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class MobileNet(nn.Module):
+class MobileNet(HeadContract, nn.Module):
     """MobileNet v1 with a face-embedding head (default) or the paper's classifier head.
 
     Args:

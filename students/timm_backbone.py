@@ -7,10 +7,10 @@ import timm
 import torch
 import torch.nn as nn
 
-from .heads import make_head
+from .heads import HeadContract, make_head
 
 
-class TimmStudent(nn.Module):
+class TimmStudent(HeadContract, nn.Module):
     """A timm backbone (``num_classes=0``: pooled pre-logits features) plus our head.
 
     Weights are never downloaded here: ``pretrained`` is off, and ``checkpoint``

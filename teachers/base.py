@@ -9,7 +9,8 @@ whether its embeddings are L2-normalised.
 Example: a custom teacher from any module or callable::
 
     from teachers import CallableTeacher
-    from distill.preprocess import Preprocessing
+    from distill.fingerprint import state_digest
+from distill.preprocess import Preprocessing
 
     teacher = CallableTeacher(
         my_net,                      # (B,3,S,S) normalised float -> (B,D)
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distill.fingerprint import state_digest
 from distill.preprocess import Preprocessing
 
 #: teacher inference precisions: bf16 = CPU autocast + channels_last (much faster on AMX CPUs)
@@ -91,12 +93,8 @@ class Teacher(nn.Module):
         return F.normalize(out, dim=1) if self.normalized and self.precision != "fp32" else out
 
     def weights_fingerprint(self) -> str:
-        """Hash of the weights (cache keys must change when weights change)."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Digest of the weights (cache keys must change when weights change)."""
+        return state_digest(self.state_dict())
 
     def fingerprint(self) -> str:
         """Name + weights + preprocessing (+ precision unless fp32): what a cache of its outputs is keyed by."""
@@ -117,6 +115,7 @@ class CallableTeacher(Teacher):
         return self.fn(x)
 
     def weights_fingerprint(self) -> str:
+        """Digest of the wrapped module's weights, or of the callable's repr."""
         if isinstance(self.fn, nn.Module):
             return super().weights_fingerprint()
         return hashlib.sha256(repr(self.fn).encode()).hexdigest()[:16]

@@ -27,11 +27,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from distill.errors import InputError, MissingInputError
 from distill.preprocess import ALIGNMENTS, Preprocessing
 
 from .base import Teacher
 
 _SIZES = {"dlib_150": 150, "facenet_160": 160, "arcface_112": 112}
+
+
+class PrecomputedFileError(InputError, ValueError):
+    """A precomputed-embedding file is missing, malformed, has NaN rows or lacks keys of the training images
+    (CLI exit code 2); the message names the file and what to fix."""
 
 
 class PrecomputedTeacher(Teacher):
@@ -43,30 +49,39 @@ class PrecomputedTeacher(Teacher):
                  source: str = "<memory>", name: str = "precomputed", precision: str = "fp32") -> None:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(keys) != embeddings.shape[0]:
-            raise ValueError(f"{source}: expected {len(keys)} keys and (N, D) embeddings with N = number of keys, "
-                             f"got embeddings of shape {embeddings.shape}")
-        if not np.isfinite(embeddings).all():
-            raise ValueError(f"{source}: embeddings contain NaN or inf")
+            raise PrecomputedFileError(f"{source}: expected {len(keys)} keys and (N, D) embeddings with N = number of "
+                                       f"keys, got embeddings of shape {embeddings.shape}")
+        bad = ~np.isfinite(embeddings).all(axis=1) if embeddings.size else np.zeros(0, bool)
+        if bad.any():
+            raise PrecomputedFileError(f"{source}: {int(bad.sum())} embedding rows contain NaN or inf (e.g. key "
+                                       f"{keys[int(np.flatnonzero(bad)[0])]!r}); recompute them or drop those keys")
         if alignment not in ALIGNMENTS:
-            raise ValueError(f"{source}: alignment {alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+            raise PrecomputedFileError(f"{source}: alignment {alignment!r} is not one of {', '.join(ALIGNMENTS)}")
         super().__init__(name=name, preprocessing=Preprocessing(_SIZES[alignment], alignment=alignment),
                          embedding_dim=int(embeddings.shape[1]), normalized=normalized, precision=precision)
         self.keys = [str(k) for k in keys]
         self.index = {k: i for i, k in enumerate(self.keys)}
         if len(self.index) != len(self.keys):
-            raise ValueError(f"{source}: duplicate keys")
+            raise PrecomputedFileError(f"{source}: duplicate keys")
         self.source = source
         self.register_buffer("table", torch.from_numpy(embeddings.copy()), persistent=True)
 
     def lookup(self, keys: Sequence[str]) -> torch.Tensor:
-        """(B,) image keys -> (B, D) float32 embeddings; unknown keys raise ``KeyError`` naming them."""
+        """(B,) image keys (paths relative to data.root) -> (B, D) float32 embeddings.
+
+        Raises:
+            PrecomputedFileError: keys the file does not hold (named, with what its keys look like).
+        """
         missing = [k for k in keys if k not in self.index]
         if missing:
-            raise KeyError(f"{self.source}: no precomputed embedding for {len(missing)} image(s), e.g. "
-                           f"{missing[:3]}. Keys look like {self.keys[:2]}; regenerate the file for this data set.")
+            raise PrecomputedFileError(
+                f"{self.source}: no precomputed embedding for {len(missing)} image(s), e.g. {missing[:3]}. Its keys "
+                f"look like {self.keys[:2]} (image paths relative to data.root); regenerate the file for this data "
+                f"set, or point data.root at the folder its keys are relative to.")
         return self.table[[self.index[k] for k in keys]].float()
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Not available: a precomputed teacher only looks embeddings up by image key (:meth:`lookup`)."""
         raise RuntimeError(f"teacher {self.name!r} ({self.source}) holds precomputed embeddings keyed by image and "
                            "cannot embed pixels: use it with train.teacher_mode=cached (targets via .lookup(keys)); "
                            "online mode, augmented views and teacher evaluation need a real teacher")
@@ -75,6 +90,7 @@ class PrecomputedTeacher(Teacher):
         return self.embed(x)
 
     def weights_fingerprint(self) -> str:
+        """Digest of the embeddings file (cache keys change with it)."""
         h = hashlib.sha256("\n".join(self.keys).encode())
         h.update(self.table.numpy().tobytes())
         return h.hexdigest()[:16]
@@ -84,13 +100,14 @@ def load_precomputed(path: str | Path) -> tuple[list[str], np.ndarray, dict]:
     """Read a precomputed-embedding file (format in the module docstring): keys, embeddings, options."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"precomputed teacher embeddings {path} do not exist (teacher.weights)")
+        raise MissingInputError(f"precomputed teacher embeddings {path} do not exist (teacher.weights)")
     opts: dict = {}
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             for k in ("keys", "embeddings"):
                 if k not in z:
-                    raise ValueError(f"{path}: missing array {k!r} (has {sorted(z.files)}); see teachers.precomputed")
+                    raise PrecomputedFileError(f"{path}: missing array {k!r} (has {sorted(z.files)}); see "
+                                               f"teachers.precomputed")
             keys, emb = [str(k) for k in z["keys"]], z["embeddings"]
             if "normalized" in z:
                 opts["normalized"] = bool(z["normalized"])
@@ -99,11 +116,11 @@ def load_precomputed(path: str | Path) -> tuple[list[str], np.ndarray, dict]:
     elif path.suffix == ".npy":
         sidecar = path.with_name(path.name[:-4] + ".keys.txt")
         if not sidecar.is_file():
-            raise FileNotFoundError(f"{path}: a .npy needs its keys in {sidecar} (one per line)")
+            raise MissingInputError(f"{path}: a .npy needs its keys in {sidecar} (one per line)")
         emb = np.load(path, allow_pickle=False)
         keys = [line for line in sidecar.read_text().splitlines() if line]
     else:
-        raise ValueError(f"{path}: precomputed embeddings must be .npz or .npy (see teachers.precomputed)")
+        raise PrecomputedFileError(f"{path}: precomputed embeddings must be .npz or .npy (see teachers.precomputed)")
     return keys, emb, opts
 
 

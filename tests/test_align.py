@@ -168,7 +168,8 @@ def test_changed_file_invalidates_only_its_entry(small_root, tmp_path, landmarke
     # a new mtime with the same bytes (a copy that did not keep mtimes) is still a hit, and remembered
     assert decode_count() == before and again.record.from_cache == 6
     assert np.array_equal(np.asarray(again.faces), faces1)
-    index = json.loads((tmp_path / "cache" / "aligned" / "arcface_112-dlib" / "index.json").read_text())
+    store = tmp_path / "cache" / "aligned" / align.store_name("arcface_112", "dlib")
+    index = json.loads((store / "index.json").read_text())
     entry = index["entries"][str((small_root / PEOPLE[1]).resolve())]
     assert entry["mtime_ns"] == st.st_mtime_ns + 5_000_000_000
     # same size, different bytes: re-aligned
@@ -206,7 +207,7 @@ def test_interrupted_run_resumes(small_root, tmp_path, landmarkers, monkeypatch)
         align_images(small_root, PEOPLE, **kw)
     monkeypatch.setattr(imageio, "load_rgb", real_load)
     # simulate a hard kill between appending crops and writing the index: garbage after the last slot
-    data = tmp_path / "cache" / "aligned" / "facenet_160-mtcnn" / "faces.u8"
+    data = tmp_path / "cache" / "aligned" / align.store_name("facenet_160", "mtcnn") / "faces.u8"
     with open(data, "ab") as f:
         f.write(b"\x07" * 1000)
     before = decode_count()
@@ -353,3 +354,277 @@ def test_dlib_resnet_accuracy_with_mtcnn_chips_matches_dlib_chips(devtest_sample
           f"{acc['mtcnn']:.2f}%")
     assert acc["dlib"] > 90  # the real network on real chips
     assert abs(acc["mtcnn"] - acc["dlib"]) <= 1.0
+
+
+# --------------------------------------------------------------------------- large images, workers, cache key
+def _lfw_sample(lfw_root: Path, n: int, seed: int = 0) -> list[str]:
+    from benchmarks.alignment import lfw_images
+
+    paths = lfw_images(lfw_root)
+    pick = np.random.default_rng(seed).choice(len(paths), n - len(PEOPLE), replace=False)
+    return PEOPLE + [paths[i] for i in sorted(pick)]
+
+
+def _undownscaled(lm, backend: str, images: list[np.ndarray]) -> list[tpl.Face | None]:
+    """Detection as it always was for images of at most FAST_DETECT_ABOVE px, written out here: dlib upsample 1
+    then 2 on the image itself, MTCNN on the batch of images itself; the central face, landmarks at full size."""
+    if backend == "mtcnn":
+        import torch
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(lm.threads)  # the landmarker's setting: float results depend on it
+        try:
+            boxes, probs, points = lm.mtcnn.detect(np.stack(images), landmarks=True)
+        finally:
+            torch.set_num_threads(saved)
+        out = []
+        for b, pr, pt, img in zip(boxes, probs, points, images):
+            if b is None or len(b) == 0:
+                out.append(None)
+                continue
+            k = select_face(np.asarray(b, np.float64), img.shape)
+            out.append(tpl.Face("mtcnn5", np.asarray(pt[k], np.float64), np.asarray(b[k], np.float64), float(pr[k])))
+        return out
+    import dlib
+
+    out = []
+    for img in images:
+        rects = lm.detector(img, 1) or lm.detector(img, 2)
+        if len(rects) == 0:
+            out.append(None)
+            continue
+        boxes = np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in rects], np.float64)
+        box = boxes[select_face(boxes, img.shape)]
+        shape = lm.predictor(img, dlib.rectangle(*(int(round(v)) for v in box)))
+        out.append(tpl.Face("dlib5", np.array([[p.x, p.y] for p in shape.parts()], np.float64), box))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["dlib", "mtcnn"])
+def test_lfw_chips_are_byte_identical_to_undownscaled_detection_in_and_out_of_process(lfw_root, tmp_path,
+                                                                                      landmarkers, backend):
+    """LFW (250 px) is below every downscale threshold: its crops are exactly what they always were."""
+    root = lfw_root / "lfw-deepfunneled"
+    paths = _lfw_sample(lfw_root, 24 if backend == "dlib" else 16)
+    batch = 6  # several batches, so two workers share the run; the reference detects batch by batch too
+    expected = []
+    for a in range(0, len(paths), batch):
+        imgs = [load_rgb(root / p) for p in paths[a:a + batch]]
+        faces = _undownscaled(landmarkers[backend], backend, imgs)
+        assert all(f is not None for f in faces)
+        expected += [crop_face(img, f, "dlib_150") for img, f in zip(imgs, faces)]
+    for workers in (0, 2):
+        af = align_images(root, paths, template="dlib_150", backend=backend, cache_dir=tmp_path / f"w{workers}",
+                          progress=False, batch_size=batch, workers=workers)
+        assert af.rel_paths == paths and af.record.aligned == len(paths) and af.record.decoded == len(paths)
+        assert np.array_equal(np.asarray(af.faces), np.stack(expected)), f"workers={workers}"
+
+
+def test_detection_passes_and_shrink_geometry():
+    assert align.dlib_passes(250) == [(1000, 1), (1000, 2)] and align.mtcnn_passes(500) == [1000]
+    assert align.dlib_passes(501)[:2] == [(500, 0), (1000, 0)] and align.mtcnn_passes(2400) == [500, 1000]
+    img = np.zeros((1800, 2701, 3), np.uint8)
+    img[600:900, 1500:1800] = 255                                  # a 300 px white square
+    same, f = align.shrink(img[:400, :500], 500)
+    assert same.base is img and np.array_equal(f, [1, 1])         # not larger: the image itself
+    small, f = align.shrink(img, 500)
+    assert max(small.shape[:2]) == 500 and small.dtype == np.uint8
+    ys, xs = np.nonzero(small[..., 0] > 127)
+    back = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) * np.tile(f, 2)
+    assert np.abs(back - [1500, 600, 1800, 900]).max() < 2 * f.max()  # copy coordinates map back to the image
+    assert align.shrink(np.zeros((3, 4000, 3), np.uint8), 500)[0].shape == (1, 500, 3)  # a strip stays an image
+
+
+@pytest.fixture(scope="module")
+def large_scenes(lfw_root, tmp_path_factory) -> Path:
+    """Three 1500-3000 px scenes of the benchmark's seeded generator (an LFW image upscaled into each)."""
+    from benchmarks.alignment import make_large_photos
+
+    return make_large_photos(lfw_root, tmp_path_factory.mktemp("large"), 3, progress=False)
+
+
+@pytest.mark.parametrize("backend", ["dlib", "mtcnn"])
+def test_large_images_are_searched_on_a_coarse_copy_first(large_scenes, landmarkers, backend):
+    from benchmarks.alignment import reference_landmarker
+
+    lm, ref = landmarkers[backend], reference_landmarker(backend)
+    seen: list[tuple[int, ...]] = []
+    if backend == "dlib":
+        real = lm.detector
+        lm.detector = lambda img, up: (seen.append((max(img.shape[:2]), up)), real(img, up))[1]
+    else:
+        real = lm.mtcnn.detect
+        lm.mtcnn.detect = lambda batch, **k: (seen.append((max(batch.shape[1:3]),)), real(batch, **k))[1]
+    try:
+        imgs = [load_rgb(p) for p in sorted(large_scenes.glob("*.jpg"))]
+        dets = lm.detect(imgs)
+    finally:
+        if backend == "dlib":
+            lm.detector = real
+        else:
+            lm.mtcnn.detect = real
+    assert all(max(i.shape[:2]) >= 1500 for i in imgs) and seen[0][0] == 500  # the cheapest pass comes first
+    for img, new, old in zip(imgs, dets, ref.detect(imgs)):
+        assert new.face is not None and old.face is not None
+        width = old.face.box[2] - old.face.box[0]
+        assert np.abs(new.face.box - old.face.box).max() < 0.25 * width            # the same face
+        err = np.linalg.norm(new.face.points - old.face.points, axis=1).mean()
+        assert err < (0.03 if backend == "dlib" else 0.05) * width, (err, width)   # landmarks: a few px
+
+
+def test_workers_write_the_same_cache_and_records_as_one_process(small_root, large_scenes, tmp_path):
+    for name in sorted(p.name for p in large_scenes.glob("*.jpg")):
+        shutil.copy2(large_scenes / name, small_root / name)
+    _background(small_root / "wall.jpg")
+    (small_root / "text.jpg").write_text("not an image")
+    paths = PEOPLE[:3] + ["00000.jpg", "text.jpg", "wall.jpg", "00001.jpg", "missing.jpg", "00002.jpg"] + PEOPLE[3:]
+    runs = {}
+    for workers in (0, 3):
+        af = align_images(small_root, paths, template="arcface_112", backend="dlib", batch_size=2,
+                          cache_dir=tmp_path / f"w{workers}", progress=workers > 0, workers=workers)
+        index = json.loads((tmp_path / f"w{workers}" / "aligned" / align.store_name("arcface_112", "dlib") /
+                            "index.json").read_text())
+        runs[workers] = (af, index)
+    (a, ia), (b, ib) = runs[0], runs[3]
+    assert a.rel_paths == b.rel_paths and np.array_equal(np.asarray(a.faces), np.asarray(b.faces))
+    assert {**a.record.to_dict(), "seconds": 0} == {**b.record.to_dict(), "seconds": 0}
+    assert a.record.decoded == len(paths) - 1 and a.record.aligned == len(PEOPLE) + 3 and a.record.center == 1
+    assert ia["entries"] == ib["entries"] and ia["slots"] == ib["slots"]      # same slots, same order
+    assert not list((tmp_path / "w3").rglob("views"))  # input order kept: the faces are a view, not a gathered copy
+
+
+class _Tripwire:
+    """A landmarker for worker processes (inherited by fork): on its ``at``-th call across all workers it
+    sends Ctrl-C to the parent, or exits the worker as a crash would."""
+
+    def __init__(self, inner, at: int, action: str) -> None:
+        import multiprocessing as mp
+
+        self.inner, self.at, self.action = inner, at, action
+        self.calls = mp.get_context("fork").Value("i", 0)
+
+    def detect(self, images):
+        import signal
+        import time
+
+        with self.calls.get_lock():
+            self.calls.value += 1
+            n = self.calls.value
+        if n == self.at:
+            time.sleep(2)  # let the parent take in the batches finished before
+            if self.action == "sigint":
+                os.kill(os.getppid(), signal.SIGINT)
+                time.sleep(30)  # the parent terminates this worker
+            os._exit(3)
+        return self.inner.detect(images)
+
+
+def _no_align_workers() -> bool:
+    import multiprocessing as mp
+
+    return not [p for p in mp.active_children() if p.name.startswith("align-worker")]
+
+
+@pytest.mark.parametrize("action", ["sigint", "crash"])
+def test_ctrl_c_or_a_dead_worker_stops_the_run_keeping_finished_batches(small_root, tmp_path, landmarkers, action):
+    kw = dict(template="dlib_150", backend="dlib", cache_dir=tmp_path / "cache", progress=False, batch_size=1)
+    trip = _Tripwire(landmarkers["dlib"], at=4, action=action)
+    with pytest.raises(KeyboardInterrupt if action == "sigint" else align.WorkerError,
+                       **({} if action == "sigint" else {"match": "died with exit code 3"})):
+        align_images(small_root, PEOPLE, landmarker=trip, workers=2, **kw)
+    assert _no_align_workers()
+    again = align_images(small_root, PEOPLE, landmarker=landmarkers["dlib"], **kw)
+    assert 1 <= again.record.from_cache <= 4 and again.record.decoded == len(PEOPLE) - again.record.from_cache
+    fresh = align_images(small_root, PEOPLE, landmarker=landmarkers["dlib"], **{**kw, "cache_dir": tmp_path / "fresh"})
+    assert np.array_equal(np.asarray(again.faces), np.asarray(fresh.faces))
+
+
+def test_template_version_is_part_of_the_cache_key(small_root, tmp_path, landmarkers, monkeypatch):
+    assert align.store_name("dlib_150", "dlib") == "dlib_150-dlib"          # version 1: the original folder
+    v = tpl.TEMPLATE_VERSION["facenet_160"]
+    assert align.store_name("facenet_160", "mtcnn") == ("facenet_160-mtcnn" if v == 1 else f"facenet_160.v{v}-mtcnn")
+    kw = dict(backend="dlib", cache_dir=tmp_path / "cache", progress=False, landmarker=landmarkers["dlib"])
+    for template in ("dlib_150", "arcface_112"):
+        align_images(small_root, PEOPLE[:3], template=template, **kw)
+    monkeypatch.setattr(align, "TEMPLATE_VERSION", {**tpl.TEMPLATE_VERSION, "arcface_112": 9})
+    assert align_images(small_root, PEOPLE[:3], template="arcface_112", **kw).record.decoded == 3  # stale: redone
+    assert align_images(small_root, PEOPLE[:3], template="dlib_150", **kw).record.decoded == 0     # still valid
+    assert (tmp_path / "cache" / "aligned" / "arcface_112.v9-dlib" / "index.json").exists()
+
+
+def test_bad_workers_argument(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        align_images(tmp_path, [], template="dlib_150", backend="dlib", cache_dir=tmp_path, workers=-1)
+
+
+def test_large_batches_are_detected_in_groups_under_the_pixel_budget(small_root, tmp_path, landmarkers, monkeypatch):
+    calls: list[int] = []
+
+    class Spy:
+        def detect(self, images):
+            calls.append(len(images))
+            return landmarkers["dlib"].detect(images)
+
+    kw = dict(template="dlib_150", backend="dlib", progress=False, batch_size=6)
+    whole = align_images(small_root, PEOPLE, cache_dir=tmp_path / "a", landmarker=Spy(), **kw)
+    assert calls == [6]                                       # LFW-sized: the whole batch at once, as always
+    calls.clear()
+    monkeypatch.setattr(align, "GROUP_PIXELS", 2 * 250 * 250)
+    grouped = align_images(small_root, PEOPLE, cache_dir=tmp_path / "b", landmarker=Spy(), **kw)
+    assert calls == [2, 2, 2] and np.array_equal(np.asarray(grouped.faces), np.asarray(whole.faces))
+
+
+def test_workers_exit_and_free_the_cache_lock_when_the_parent_is_killed(small_root, tmp_path):
+    """kill -9 of a run leaves no worker behind holding the cache lock (the next run would wait for ever)."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = f"""
+import os, time
+from distill.data.align import DlibLandmarker, align_images
+
+class Slow:  # records its worker's pid, then takes its time
+    def __init__(self):
+        self.inner = DlibLandmarker()
+    def detect(self, images):
+        open({str(pids)!r} + "/" + str(os.getpid()), "w").close()
+        time.sleep(0.5)
+        return self.inner.detect(images)
+
+align_images({str(small_root)!r}, {PEOPLE!r} * 1, template="dlib_150", backend="dlib", progress=False,
+             cache_dir={str(tmp_path / "cache")!r}, landmarker=Slow(), workers=2, batch_size=1)
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2, "the workers did not start"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [w for w in workers if os.path.exists(f"/proc/{w}") and
+                     open(f"/proc/{w}/stat").read().split()[2] != "Z"]
+        assert not alive, f"workers {alive} outlived their killed parent"
+    finally:
+        proc.kill()
+    lock = tmp_path / "cache" / "aligned" / align.store_name("dlib_150", "dlib") / ".lock"
+    with open(lock, "a+") as fh:  # free within seconds, not held for ever
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the cache lock is still held after the run was killed"
+                time.sleep(0.2)

@@ -79,3 +79,22 @@ def test_works_inside_face_views(face: np.ndarray) -> None:
     assert np.array_equal(views[(1, 0)][0].numpy(), faces[1])
     v1, v1b = views[(1, 1)][0].numpy(), views[(1, 1)][0].numpy()
     assert np.array_equal(v1, v1b) and not np.array_equal(v1, faces[1])
+
+
+def test_mixed_views_are_deterministic_two_face_blends() -> None:
+    import numpy as np
+
+    from distill.data.views import FaceViews, Mix
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    views = FaceViews(faces, None, seed=3, mix=Mix(mixup=0.5, cutmix=0.5))
+    a = [views.view(i, v) for i in range(6) for v in range(4)]
+    b = [FaceViews(faces, None, seed=3, mix=Mix(mixup=0.5, cutmix=0.5)).view(i, v) for i in range(6) for v in range(4)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # a pure function of (seed, face, view)
+    mixed = sum(not np.array_equal(views.view(i, v), faces[i]) for i in range(6) for v in range(4))
+    assert mixed == 24  # every view mixes at probability 1
+    only = FaceViews(faces, None, seed=3, mix=Mix(cutmix=1.0))
+    out = only.view(0, 1)
+    assert np.array_equal(out, faces[0]) is False and ((out == faces[0]).all(-1)).mean() >= 0.2  # a pasted box
+    assert FaceViews(faces, None, seed=3, mix=Mix()).mix is None

@@ -93,9 +93,11 @@ def test_quick_other_sections_hold_real_measurements(quick_run):
     text, doc, _ = quick_run
     s = doc["sections"]
     assert s["dlib_port"]["dlib"]["images_per_s"] > 0 and s["dlib_port"]["min_cosine_fp32"] > 0.99
-    modes = {r["mode"] for r in s["training"]["rows"]}
+    modes = {r["mode"] for r in s["training"]["profile"]}
     assert modes == {"student_only", "cached", "online"}
-    assert all(r["samples_per_s"] > 0 for r in s["training"]["rows"])
+    assert all(r["samples_per_s"] > 0 and r["ms_per_step"]["forward"] > 0 for r in s["training"]["profile"])
+    assert s["training"]["profile"][2]["ms_per_step"]["teacher"] > s["training"]["profile"][0]["ms_per_step"][
+        "teacher"]  # the online teacher's time is where the profile puts it
     ev = s["evaluation"]
     assert ev["verification"]["n_pairs"] > 1000 and ev["search"][0]["flat"]["recall_at_1"] == 1.0
     mem = s["memory"]["tasks"]
@@ -104,7 +106,7 @@ def test_quick_other_sections_hold_real_measurements(quick_run):
     assert all(t["max_rss_mib"] > 50 for t in mem.values())
     # a missed goal says by how much
     ratio = s["training"]["cached_vs_student_only"]
-    assert ("missed by" in text) or ratio >= 0.9
+    assert ("missed by" in text) or ratio >= 0.95
 
 
 def test_parse_grid_and_sections():

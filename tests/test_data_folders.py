@@ -99,21 +99,41 @@ def test_unreadable_file_and_folder_are_skipped(tmp_path: Path) -> None:
     assert images.identities == ["ann", "bob"]
 
 
-def test_identity_without_readable_image_is_an_error_naming_it(tmp_path: Path) -> None:
+def test_identity_without_usable_image_is_skipped_and_counted(tmp_path: Path) -> None:
+    """One bad folder never aborts a command: it is left out, named and counted (issue: real-world inputs)."""
     root = _tree(tmp_path, {"ann": ["ok.jpg"], "bob": ["notes.txt"]})
     (root / "bob" / "empty.png").write_bytes(b"")
-    with pytest.raises(DatasetError, match=r"bob.*no readable image.*empty file"):
-        scan_identity_folder(root)
-    (root / "carl").mkdir()
-    with pytest.raises(DatasetError, match=r"carl"):  # an empty identity folder, too
-        scan_identity_folder(root, exclude_identities={"bob"})
-    assert scan_identity_folder(root, exclude_identities={"bob", "carl"}).identities == ["ann"]
+    (root / "carl").mkdir()  # an empty identity folder, too
+    with pytest.warns(SkippedFilesWarning, match="bob/: identity folder with no usable image"):
+        images = scan_identity_folder(root)
+    assert images.identities == ["ann"] and images.skipped_identities == ["bob", "carl"]
+    reasons = dict(images.skipped)
+    assert "empty file" in reasons["bob/"] and "the folder is empty" in reasons["carl/"]
+
+
+def test_os_litter_is_ignored_silently_and_tiff_is_an_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = _tree(tmp_path, {"ann": ["ok.jpg"]})
+    (root / "tiffany").mkdir()
+    Image.new("RGB", (32, 32), (90, 60, 30)).save(root / "tiffany" / "only.tiff")
+    (root / "__MACOSX" / "ann").mkdir(parents=True)
+    (root / "__MACOSX" / "ann" / "._ok.jpg").write_bytes(b"\x00\x05\x16\x07")
+    for name in ("Thumbs.db", "desktop.ini", ".DS_Store"):
+        (root / name).write_bytes(b"litter")
+        (root / "ann" / name).write_bytes(b"litter")
+    (root / "ann" / "._ok.jpg").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # litter is not even worth a warning
+        images = scan_identity_folder(root)
+    assert images.identities == ["ann", "tiffany"] and images.rel_paths == ["ann/ok.jpg", "tiffany/only.tiff"]
+    assert not images.skipped
 
 
 def test_empty_or_missing_root(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="no images found under"):
+    with pytest.raises(DatasetError, match="no usable images under"):
         scan_identity_folder(tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DatasetError, match="does not exist.*data.root"):
         scan_identity_folder(tmp_path / "nope")
 
 

@@ -16,7 +16,8 @@ from distill.deploy.export import set_batchnorm_statistics
 from distill.deploy.faces import align_rel_paths, sample_identity_images
 from distill.losses.distill_loss import DistillLoss
 from distill.preprocess import AlignmentMismatchError
-from distill.pipeline import StudentSpec, load_student, save_student, student_preprocessing
+from distill.models import StudentSpec, load_student, save_student
+from distill.preprocess import student_preprocessing
 
 SIZE = 64
 
@@ -198,5 +199,5 @@ def test_evaluation_measures_the_exported_file(ckpt, onnx_export, lfw_faces, tmp
     assert cache_path(tmp_path, emb, lfw_faces, False) != cache_path(tmp_path, load_embedder(ckpt), lfw_faces, False)
     cost = onnx_cost(onnx_export["path"], batch_sizes=(1, 4))
     student = load_student(ckpt)[0]
-    assert cost["mult_adds"] == profile(student, SIZE).mult_adds and cost["params"] > 0
-    assert cost["file_bytes"] == onnx_export["path"].stat().st_size and cost["images_per_s"] > 0
+    assert cost.mult_adds == profile(student, SIZE).mult_adds and cost.params > 0
+    assert cost.file_bytes == onnx_export["path"].stat().st_size and cost.images_per_s > 0

@@ -158,23 +158,23 @@ def test_evaluate_pairs_and_fidelity_on_orl(orl, student):
     pairs = orl_pairs(labels)
     emb = extract_embeddings(student, faces, progress=False)
     res = evaluate_pairs(emb, pairs, normalized=True)
-    assert res["n_pairs"] == 600 and res["n_genuine"] == 300 and res["n_folds"] == 10
-    assert 0 <= res["accuracy_mean"] <= 1 and len(res["fold_thresholds"]) == 10 and not res["warnings"]
-    assert res["tar_at_far"][1e-2] is not None
-    assert res["tar_at_far"][1e-3] is None and "300 impostor pairs" in res["tar_reasons"][1e-3]
-    assert res["roc"]["far"][0] == 0 and res["roc"]["tar"][-1] == 1.0
-    assert sum(res["genuine"]["hist"]) == 300 and sum(res["impostor"]["hist"]) == 300
+    assert res.n_pairs == 600 and res.n_genuine == 300 and res.n_folds == 10
+    assert 0 <= res.accuracy_mean <= 1 and len(res.fold_thresholds) == 10 and not res.warnings
+    assert res.tar(1e-2) is not None and res.tar("0.01") == res.tar(1e-2)    # FAR keys normalised once
+    assert res.tar(1e-3) is None and "300 impostor pairs" in res.tar_reasons[1e-3]
+    assert res.roc.far[0] == 0 and res.roc.tar[-1] == 1.0
+    assert sum(res.genuine.hist) == 300 and sum(res.impostor.hist) == 300
     # raw pixels already beat chance on ORL: a sanity check that the pair indexing is right
     pix = faces.reshape(len(faces), -1).astype(np.float32)
     pix_res = evaluate_pairs(pix - pix.mean(0), pairs, normalized=True)
-    assert pix_res["accuracy_mean"] > 0.75 and pix_res["auc"] > 0.8
+    assert pix_res.accuracy_mean > 0.75 and pix_res.auc > 0.8
     # folds holding a single class are flagged: their threshold cross-validation is meaningless
     lopsided = PairIndex(pairs.idx_a, pairs.idx_b, pairs.is_same, np.arange(600) % 10)
-    assert any("only genuine" in w for w in evaluate_pairs(pix, lopsided, normalized=True)["warnings"])
+    assert any("only genuine" in w for w in evaluate_pairs(pix, lopsided, normalized=True).warnings)
     # fidelity: identical -> 1; another random student is far from this one
     same = fidelity(emb, emb)
-    assert same["mean"] == pytest.approx(1.0) and sum(same["hist"]) == 400
+    assert same.mean == pytest.approx(1.0) and sum(same.hist) == 400
     other = fidelity(extract_embeddings(make_student(seed=1, calibrate=faces[::4]), faces, progress=False), emb)
-    assert other["mean"] < 0.99 and other["percentiles"]["5"] <= other["mean"]
+    assert other.mean < 0.99 and other.percentiles["5"] <= other.mean
     with pytest.raises(ValueError, match="same shape"):
         fidelity(emb[:, :32], emb)

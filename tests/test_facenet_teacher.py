@@ -94,6 +94,8 @@ def test_offline_fails_fast_with_instructions(empty_cache: Path) -> None:
         resolve_facenet_weights("vggface2", download=False)
     msg = str(info.value)
     assert "20180402-114759-vggface2.pt" in msg and str(empty_cache) in msg and "teacher.weights" in msg
+    # vggface2 has no offline copy: the error says so and names the offline choice
+    assert "no offline copy of 'vggface2'" in msg and "teacher.weights: casia-webface" in msg
     if _github_reachable():
         pytest.skip("github.com is reachable: the offline download failure cannot be exercised here")
     start = time.monotonic()

@@ -161,8 +161,8 @@ def test_evaluate_pairs_flags_lopsided_protocols():
     labels = np.repeat(np.arange(100), 2)                      # 200 images: 100 genuine of 19,900 pairs
     emb = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
     res = evaluate_pairs(emb, PairIndex(*all_pairs(labels)), normalized=True)
-    assert (res["n_genuine"], res["n_impostor"], res["n_folds"]) == (100, 19800, 10)
-    assert any("0.5% of the pairs are genuine" in w and "99.50%" in w for w in res["warnings"])
-    assert res["tar_at_far"][1e-4] is not None                 # 19,800 impostors resolve FAR = 1e-4
+    assert (res.n_genuine, res.n_impostor, res.n_folds) == (100, 19800, 10)
+    assert any("0.5% of the pairs are genuine" in w and "99.50%" in w for w in res.warnings)
+    assert res.tar(1e-4) is not None                           # 19,800 impostors resolve FAR = 1e-4
     balanced = PairIndex(np.arange(20), np.arange(20) + 20, np.arange(20) % 2 == 0, np.arange(20) % 2)
-    assert not any("of the pairs are" in w for w in evaluate_pairs(emb, balanced, normalized=True)["warnings"])
+    assert not any("of the pairs are" in w for w in evaluate_pairs(emb, balanced, normalized=True).warnings)

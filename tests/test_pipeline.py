@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distill.cli import build_parser
-from distill.pipeline import load_student
+from distill.models import load_student
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.synthetic.identities=8", "--set", "data.synthetic.images_per_identity=4",
@@ -50,10 +50,12 @@ def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
 def test_facenet_config_offline_fails_fast_naming_what_is_missing(tmp_path: Path) -> None:
     env = {"TORCH_HOME": str(tmp_path / "torch"), "FACEDISTILL_FACES": str(tmp_path / "nofaces"),
            "FACEDISTILL_LFW": str(tmp_path / "nolfw")}
-    res = distill_cli("run", "configs/facenet_to_mobilenet.yaml", "--out", str(tmp_path / "r"), env=env)
-    assert res.returncode == 1
+    # vggface2 has no offline copy: the error says so and names the offline weights
+    res = distill_cli("run", "configs/facenet_to_mobilenet.yaml", "--set", "teacher.weights=vggface2",
+                      "--out", str(tmp_path / "r"), env=env)
+    assert res.returncode == 2  # missing inputs the user must provide
     err = res.stderr
-    assert "20180402-114759-vggface2.pt" in err and "teacher.weights" in err
+    assert "20180402-114759-vggface2.pt" in err and "teacher.weights" in err and "casia-webface" in err
     assert f"data.root {tmp_path / 'nofaces'}" in err
     assert "pairs.txt" in err
     assert "configs/quickstart.yaml" in err
@@ -105,7 +107,9 @@ def test_saved_student_reloads_and_matches(tiny_run: Path) -> None:
     ref = spec.build()
     ref.load_state_dict(ckpt["student"])
     ref.eval()
-    torch.testing.assert_close(student(x), ref(x))
+    # the saved student emits teacher units: the training targets' standardisation is folded back into its head
+    shift, scale = ckpt["loss"]["target_shift"], ckpt["loss"]["target_scale"]
+    torch.testing.assert_close(student(x), ref(x) * scale + shift, rtol=1e-4, atol=1e-5)
 
 
 def test_existing_run_dir_is_never_overwritten(tiny_run: Path) -> None:
@@ -136,7 +140,7 @@ def test_eval_refuses_a_non_student_file(tmp_path: Path) -> None:
     bogus = tmp_path / "x.pt"
     torch.save({"hello": torch.zeros(1)}, bogus)
     res = distill_cli("eval", "configs/quickstart.yaml", "--checkpoint", str(bogus), "--out", str(tmp_path / "e"))
-    assert res.returncode == 1 and "not a facedistill student checkpoint" in res.stderr
+    assert res.returncode == 2 and "not a facedistill student checkpoint" in res.stderr
 
 
 @pytest.mark.slow
@@ -179,7 +183,7 @@ def test_training_folder_split_follows_where_the_evaluation_people_live(lfw_root
     """Same root as the evaluation pairs: their people are excluded. Another root (train on one data set,
     test on LFW): nothing to exclude, and the record says why the split is still identity-disjoint."""
     from distill.config import validate
-    from distill.pipeline import prepare_train
+    from distill.data.prepare import prepare_train
 
     faces = tmp_path / "faces"
     faces.mkdir()
@@ -198,11 +202,12 @@ def test_training_folder_split_follows_where_the_evaluation_people_live(lfw_root
 
 def test_lfw_recipe_trains_on_everyone_but_devtest_people(lfw_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from distill.config import load_config
-    from distill.pipeline import resolve_sources
+    from distill.data.prepare import resolve_sources
 
     monkeypatch.setenv("FACEDISTILL_LFW", str(lfw_root))
     cfg = load_config(ROOT / "configs" / "dlib_to_mobilenet_lfw.yaml")
-    _, specs, exclude, _ = resolve_sources(cfg, lambda m: None)
+    sources = resolve_sources(cfg, lambda m: None)
+    specs, exclude = sources.specs, sources.exclude
     assert [p.name for p in exclude] == ["pairsDevTest.txt"]  # View 2 restricted to DevTest people adds nobody
     assert [s.label for s in specs] == ["DevTest", "View2-DevTest-people", "View2", "DevTest-all-pairs"]
     assert [s.all_pairs for s in specs] == [False, False, False, True]
@@ -214,9 +219,9 @@ def test_prepare_eval_all_pairs_protocol(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from distill import pipeline
     from distill.config import validate
     from distill.data.pairs import write_pairs
+    from distill.data.protocols import prepare_eval
 
     faces = tmp_path / "faces"
     rng = np.random.default_rng(0)
@@ -234,7 +239,7 @@ def test_prepare_eval_all_pairs_protocol(tmp_path: Path) -> None:
                                        {"file": str(test), "name": "few-all", "all_pairs": True,
                                         "only_people_in": str(few)}]}})
     logs: list[str] = []
-    ev = pipeline.prepare_eval(cfg, "dlib_150", logs.append)
+    ev = prepare_eval(cfg, "dlib_150", logs.append)
     protos = {p.name: p for p in ev.protocols}
     # ann 3 + bob 2 + cy 1 + dan 3 aligned = 9 images: C(9,2) = 36 pairs, 3 + 1 + 0 + 3 genuine
     assert (len(protos["test"].pairs), protos["all"].size) == (4, 36)
@@ -249,3 +254,27 @@ def test_prepare_eval_all_pairs_protocol(tmp_path: Path) -> None:
     assert not any(p.startswith("eve/") for p in ev.rel_paths) and "dan/dan_0004.jpg" not in ev.rel_paths
     assert ev.held_out.all() and ev.record["protocols"]["all"] == 36
     assert "all: 9 pairs dropped" in "\n".join(logs)  # dan_0004 with each of the 9 aligned images
+
+
+def test_readme_api_example_round_trips_through_export_and_gallery(tiny_run: Path, tmp_path: Path) -> None:
+    """The README's library example, as written except the data size (the tiny config of these tests), ends with
+    a student file every command accepts: load, export, gallery build."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Library API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    cache = tiny_run.parent / "cache"
+    tiny = [a for a in TINY if a != "--set" and not a.startswith("student.")]
+    code = block.replace('["train.max_minutes=1", "out=runs/mine"]',
+                         repr([*tiny, f"data.cache_dir={cache}", f"out={tmp_path / 'mine'}", "train.max_minutes=0.2"]))
+    assert code != block, "the README example no longer has the config line this test resizes"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "mobilenet_v1_025-112 128" in res.stdout
+    student = tmp_path / "mine" / "student.pt"
+    faces = next((cache / "synthetic").iterdir())
+    res = distill_cli("export", str(student), "-o", str(tmp_path / "s.onnx"), "--parity-images", str(faces),
+                      "--parity-count", "4", "--no-latency", "--cache-dir", str(cache))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = distill_cli("gallery", "build", "--model", str(student), "--images", str(faces), "-o",
+                      str(tmp_path / "gallery"), "--cache-dir", str(cache))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "mobilenet_v1_025-112" in res.stdout

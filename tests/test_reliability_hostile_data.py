@@ -122,14 +122,16 @@ def test_run_completes_and_records_every_skip(tmp_path: Path) -> None:
     assert os.path.exists(os.fsencode(str(root / ident)) + b"/caf\xe9.jpg")
 
 
-def test_identity_whose_only_image_is_bad_is_a_clear_error(tmp_path: Path) -> None:
-    """Current behaviour (see RELIABILITY.md, gaps): a folder with no usable image stops the scan, named."""
+def test_identity_whose_only_image_is_bad_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A folder with no usable image is left out of the run, named in the log and the run record."""
     root, pairs = synthetic_tree(tmp_path / "faces")
     (root / "lonely").mkdir()
     (root / "lonely" / "only.jpg").write_bytes(b"")
     rc, out, err = run_cli_inprocess(["run", str(QUICKSTART), *set_args(folder_overrides(tmp_path / "cache", root,
                                                                                           pairs)),
                                       "--out", str(tmp_path / "run")])
-    assert rc == 1 and "Traceback" not in err
-    assert f"identity folder {root / 'lonely'} has no readable image" in err and "empty file" in err, err
-    assert "exclude_identities" in err
+    assert rc == 0, err
+    assert "1 identity folders skipped, no usable image: lonely" in out + err
+    record = json.loads((tmp_path / "run" / "data_record.json").read_text())
+    assert record["train"]["skipped_identity_folders"] == ["lonely"]
+

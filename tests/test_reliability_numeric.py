@@ -17,7 +17,7 @@ from PIL import Image
 
 from distill.config import TrainSettings
 from distill.data.views import FaceViews
-from distill.losses import DistillLoss
+from distill.losses import CosineLoss, DistillLoss, RelationalLoss, SquaredL2Loss
 from distill.preprocess import Preprocessing
 from distill.train import NonFiniteLossError, fit
 from students import MobileNet
@@ -135,8 +135,10 @@ def test_loss_overflowing_to_inf_stop_and_skip(tmp_path: Path) -> None:
         assert torch.isfinite(v.float()).all(), k
 
 
-@pytest.mark.parametrize("loss", [dict(mse=1.0), dict(mse=0.0, cosine=1.0, normalize=True),
-                                  dict(mse=1.0, relational=1.0)], ids=["mse", "cosine", "relational"])
+@pytest.mark.parametrize("loss", [dict(terms={"mse": SquaredL2Loss()}),
+                                  dict(terms={"cosine": CosineLoss()}, normalize=True),
+                                  dict(terms={"mse": SquaredL2Loss(), "relational": RelationalLoss()})],
+                         ids=["mse", "cosine", "relational"])
 def test_all_identical_batch_stays_finite(tmp_path: Path, loss: dict) -> None:
     """Zero batch variance (BatchNorm), zero pairwise distances (relational sqrt), zero-norm rows (cosine)."""
     face = orl_faces(1, 1)

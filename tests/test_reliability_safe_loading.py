@@ -60,7 +60,7 @@ def test_malicious_student_checkpoint_is_refused_by_eval(tmp_path: Path, plant) 
     rc, out, err = run_cli_inprocess(["eval", str(QUICKSTART), "--checkpoint", str(evil), "--no-teacher",
                                       "--out", str(tmp_path / "eval"), *set_args(tiny_overrides(tmp_path / "c"))])
     assert not marker.exists()
-    assert rc == 1 and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err  # a file the user must replace
     assert str(evil) in err and "not a loadable facedistill student checkpoint" in err, err
     assert not (tmp_path / "eval").exists()  # refused before anything was written
 
@@ -124,7 +124,8 @@ def test_out_to_a_non_empty_directory_is_refused_and_untouched(tmp_path: Path, c
     extra = ["--no-teacher", "--checkpoint", str(ROOT / "missing.pt")] if command == "eval" else []
     if command == "eval":  # a real checkpoint, so the refusal is about --out and nothing else
         from students import STUDENTS
-        from distill.pipeline import StudentSpec, save_student, student_preprocessing
+        from distill.models import StudentSpec, save_student
+        from distill.preprocess import student_preprocessing
 
         spec = StudentSpec("mobilenet_v1_025", {"input_size": 64, "embedding_dim": 128})
 

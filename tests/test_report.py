@@ -148,8 +148,8 @@ def test_dlib_teacher_report_on_lfw(lfw_root, tmp_path):
     s_cost = measure_cost(student.module, 64, fast=False, warmup=1, repeats=2)
     results = _results(faces, labels, teacher, student, t_cost, s_cost, {"lfw_devtest_fifth": pairs})
     t = results[0].protocols["lfw_devtest_fifth"]
-    assert t["accuracy_mean"] > 0.88 and t["auc"] > 0.95 and t["score"] == "negative Euclidean distance"
-    assert results[1].fidelity is not None and results[1].fidelity["mean"] < 0.9    # an untrained student
+    assert t.accuracy_mean > 0.88 and t.auc > 0.95 and t.score == "negative Euclidean distance"
+    assert results[1].fidelity is not None and results[1].fidelity.mean < 0.9    # an untrained student
     write_reports(tmp_path, results, config={"name": "dlib-lfw"})
     if CHROMIUM:
         pixels, log = _screenshot(tmp_path / "report.html", tmp_path)

@@ -19,6 +19,10 @@ def test_the_committed_plan_is_valid_and_covers_the_papers_grid():
     runs = results.load_plan()
     assert runs[0].name == "flagship" and runs[0].overrides == ()
     sweep = {r.name for r in runs if r.group == "sweep"}
+    assert {r.name for r in runs if r.group == "lever"} >= {"lever_baseline", "lever_target_scale"}
+    base, scaled = (next(r for r in runs if r.name == n) for n in ("lever_baseline", "lever_target_scale"))
+    assert "train.target_scale=false" in base.overrides and "train.target_scale=true" in scaled.overrides
+    assert "train.cache_views=16" in scaled.overrides  # an arm is the baseline plus its changes
     assert sweep == {f"sweep_{a}_{s}" for a in ("100", "075", "050", "025") for s in (128, 96)}
     assert len({r.name for r in runs}) == len(runs)
     cmd = next(r for r in runs if r.name == "sweep_025_96").command()
@@ -70,12 +74,20 @@ def test_results_page_renders_every_section_from_rows(tmp_path, monkeypatch):
     sweep = _row("sweep_025_96", "sweep", 0.80, 0.10, 3_000_000) | {"budget_minutes": 5}
     int8 = _row("flagship_onnx_int8", "deploy", 0.895, 0.39, 38_812_288) | {
         "file": "runs/results/flagship/student.int8.onnx", "file_bytes": 1_000_000}
-    base = _row("ablation_baseline", "ablation", 0.85, 0.2, 38_812_288) | {"budget_minutes": 5}
-    mse = _row("ablation_mse_only", "ablation", 0.83, 0.2, 38_812_288) | {"budget_minutes": 5}
-    page = results.render([teacher, flag, sweep, int8, base, mse], runs, "## Notes\nhand-written", jobs=2)
+    base = _row("lever_baseline", "lever", 0.85, 0.2, 38_812_288) | {"budget_minutes": 22}
+    scaled = _row("lever_target_scale", "lever", 0.90, 0.3, 38_812_288) | {"budget_minutes": 22}
+    ema = _row("lever_ema", "lever", 0.86, 0.25, 38_812_288) | {"budget_minutes": 22}
+    orl_t = _row("orl_teacher", "orl", 0.99, 0.97, 270_854_144, role="teacher") | {"protocols": {"orl": {
+        "accuracy_mean": 0.998, "eer": 0.02, "tar_at_far": {"0.001": 0.965}, "n_genuine": 1800, "n_impostor": 78000}}}
+    orl_s = _row("orl_flagship", "orl", 0.99, 0.6, 38_812_288) | {"protocols": {"orl": {
+        "accuracy_mean": 0.99, "eer": 0.08, "tar_at_far": {"0.001": 0.618}}}}
+    page = results.render([teacher, flag, sweep, int8, base, scaled, ema, orl_t, orl_s], runs,
+                          "## Notes\nhand-written", jobs=2)
     assert "| **flagship** |" in page and "| sweep_025_96 |" in page and "student.int8.onnx" in page
-    assert "| ablation_mse_only | `train.loss.cosine=0`, `train.loss.relational=0` | 83.00 ± 2.00 | -2.00 |" in page
-    assert "5 min with the cores split between 2 runs at once" in page and "hand-written" in page
+    assert "| lever_target_scale | `train.target_scale=true`" in page and "| 90.00 ± 2.00 | +5.00 |" in page
+    assert "| +1.00 ~ |" in page  # within the fold std: marked as no difference
+    assert "22 min of training each, 2 runs at once" in page and "hand-written" in page
+    assert "| 64.0% |" in page  # ORL: student / teacher TAR@1e-3
     assert "Not run yet: flagship, sweep_100_128" in page
     assert results.REEVAL in page and "3,700,000 impostor" in page
 
@@ -99,8 +111,12 @@ def test_committed_flagship_reproduces_its_results_row(lfw_root, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     model = json.loads((out / "report.json").read_text())["models"][0]
     dev, allp = model["protocols"]["DevTest"], model["protocols"]["DevTest-all-pairs"]
-    assert dev["accuracy_mean"] == pytest.approx(row["devtest"]["accuracy_mean"], abs=1e-9)
-    assert dev["auc"] == pytest.approx(row["devtest"]["auc"], abs=1e-6)
-    assert allp["tar_at_far"]["0.001"] == pytest.approx(row["all_pairs"]["tar_at_far"]["0.001"], abs=1e-6)
-    assert model["fidelity"]["mean"] == pytest.approx(row["fidelity_mean"], abs=1e-4)
+    # tolerances in what they count: the same machine kind may round a few embeddings differently
+    pairs = dev["n_pairs"]
+    assert dev["accuracy_mean"] == pytest.approx(row["devtest"]["accuracy_mean"], abs=2 / pairs)  # 2 pairs
+    assert dev["auc"] == pytest.approx(row["devtest"]["auc"], abs=1e-3)
+    genuine = allp["n_genuine"]
+    assert allp["tar_at_far"]["0.001"] == pytest.approx(row["all_pairs"]["tar_at_far"]["0.001"],
+                                                        abs=2 / genuine)  # 2 genuine pairs of 23,524
+    assert model["fidelity"]["mean"] == pytest.approx(row["fidelity_mean"], abs=1e-3)
     assert row["mult_adds"] * 5 <= json.loads((ROOT / "results" / "teacher.json").read_text())["mult_adds"]

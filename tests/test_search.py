@@ -89,17 +89,17 @@ def test_identification_ranks_constructed():
     labels = np.array(["a", "a", "b", "b", "c", "c", "x", "y"])
     for seed in range(4):        # whichever image of each identity is enrolled
         res = identify(emb, labels, normalized=True, ranks=(1, 2, 5), seed=seed)
-        assert res["n_probes"] == 3 and res["n_gallery"] == 5 and res["n_distractors"] == 2
-        assert res["rank1"] == pytest.approx(2 / 3) and res["rank2"] == 1.0 and res["rank5"] == 1.0
+        assert res.n_probes == 3 and res.n_gallery == 5 and res.n_distractors == 2
+        assert res.rank1 == pytest.approx(2 / 3) and res.ranks[2] == 1.0 and res.rank5 == 1.0
     # the same with an approximate index
-    assert identify(emb, labels, normalized=True, kind="hnsw", ranks=(1,))["rank1"] == pytest.approx(2 / 3)
+    assert identify(emb, labels, normalized=True, kind="hnsw", ranks=(1,)).rank1 == pytest.approx(2 / 3)
     # raw (L2) scoring ranks by distance: c's images are 2.0 apart, 1.12 from x and ~1.8 from a, b, y,
     # so the c probe's own image comes last (rank 5 of 5)
     res = identify(emb, labels, normalized=False, ranks=(1, 4, 5))
-    assert res["rank1"] == pytest.approx(2 / 3) and res["rank4"] == pytest.approx(2 / 3) and res["rank5"] == 1.0
+    assert res.rank1 == pytest.approx(2 / 3) and res.ranks[4] == pytest.approx(2 / 3) and res.rank5 == 1.0
     # no probes at all: a clear null result instead of a division by zero
     none = identify(np.eye(3, dtype=np.float32), ["p", "q", "r"], normalized=True)
-    assert none["rank1"] is None and "no identity has two images" in none["reason"]
+    assert none.rank1 is None and "no identity has two images" in none.reason
 
 
 def test_identification_cross_model():
@@ -109,7 +109,7 @@ def test_identification_cross_model():
     teacher = _unit(centres[labels] + 0.05 * rng.standard_normal((200, 32)))
     good_student = _unit(teacher + 0.02 * rng.standard_normal((200, 32)))
     bad_student = _unit(rng.standard_normal((200, 32)))
-    assert identify_cross(good_student, teacher, labels, True)["rank1"] == 1.0
-    assert identify_cross(bad_student, teacher, labels, True)["rank1"] < 0.2
+    assert identify_cross(good_student, teacher, labels, True).rank1 == 1.0
+    assert identify_cross(bad_student, teacher, labels, True).rank1 < 0.2
     res = identify_cross(rng.standard_normal((200, 16)), teacher, labels, True)
-    assert res["rank1"] is None and "dim 16" in res["reason"] and res["cross_model"]
+    assert res.rank1 is None and "dim 16" in res.reason and res.cross_model

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from distill.preprocess import ALIGNMENTS, Preprocessing
+from teachers.precomputed import PrecomputedFileError
 from teachers import (TEACHERS, CallableTeacher, PrecomputedTeacher, Teacher, build_teacher, check_teacher_weights,
                       describe_teacher)
 
@@ -189,7 +190,7 @@ def test_precomputed_npz_lookup(tmp_path, faces: torch.Tensor) -> None:
     assert (t.embedding_dim, t.normalized, t.preprocessing.alignment) == (16, True, "facenet_160")
     got = t.lookup([keys[3], keys[0]])
     assert got.dtype == torch.float32 and np.allclose(got.numpy(), emb[[3, 0]])
-    with pytest.raises(KeyError, match="no precomputed embedding"):
+    with pytest.raises(PrecomputedFileError, match="no precomputed embedding"):
         t.lookup(["Nobody/Nobody_0001.jpg"])
     with pytest.raises(RuntimeError, match="teacher_mode=cached"):
         t.embed(faces)

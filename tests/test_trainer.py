@@ -280,11 +280,12 @@ def test_time_budget_fits_the_cosine_decay(tmp_path: Path) -> None:
     assert res.stopped == "time_budget" and 35 <= res.steps < 200_000
     fitted = [m for m in logs if "the learning-rate schedule now decays to zero at step" in m]
     assert len(fitted) == 1
-    refits = [m for m in logs if "re-fitted to end at step" in m]
-    horizon = int((refits or fitted)[-1].rsplit("at step ", 1)[1].split()[0])
+    state = safe_torch_load(res.last_checkpoint)["scheduler"]["lr_lambdas"][0]
+    horizon = state["total_steps"]
     # it stops where the fitted schedule ends (or a few steps earlier when the wall clock wins)
     assert 0.8 * horizon <= res.steps <= horizon
-    state = safe_torch_load(res.last_checkpoint)["scheduler"]["lr_lambdas"][0]
-    assert state["total_steps"] == horizon and state["fitted"] and state["warmup_steps"] == 2
+    assert state["fitted"] and state["warmup_steps"] == 2
+    # re-fits are printed only when the end moves by more than 5% (no line every few steps)
+    assert len([m for m in logs if "re-fitted to end at step" in m]) <= 10
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert float(rows[-1]["lr"]) < 0.05 * max(float(r["lr"]) for r in rows)

@@ -23,16 +23,18 @@ from distill.data.splits import Split, identity_disjoint_split
 from distill.data.synthetic import SyntheticSet, generate_synthetic, synthetic_dir, synthetic_params
 from distill.data.views import EpochViewSampler, FaceViews, view_seed
 
-# Modules written alongside this package (alignment, image decoding) are imported on first
-# use, so a problem in one of them cannot break `import distill.data`.
-# LEAD: list their public names here once they are final, e.g. "align_images": "align".
+# Alignment and image decoding pull in OpenCV, dlib and PIL: imported on first use, so
+# `import distill.data` stays light.
 _LAZY: dict[str, str] = {
     "load_rgb": "imageio",
     "ImageReadError": "imageio",
+    "align_images": "align",
+    "AlignedFaces": "align",
 }
 
 
 def __getattr__(name: str) -> Any:
+    """Import the alignment and decoding names lazily (see ``_LAZY``)."""
     if name in _LAZY:
         return getattr(importlib.import_module(f"distill.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'distill.data' has no attribute {name!r}")

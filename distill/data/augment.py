@@ -21,6 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from distill.config import AugmentSettings
+    from distill.data.views import Mix
 
 
 class Augment:
@@ -82,3 +83,11 @@ def build_augmentation(settings: "AugmentSettings") -> Augment | None:
     if not t:
         return None
     return Augment(t, {k: float(v) for k, v in s.model_dump().items()})
+
+
+def build_mix(settings: "AugmentSettings") -> "Mix | None":
+    """The :class:`~distill.data.views.Mix` of ``settings.mixup`` / ``settings.cutmix``, or None when both are 0."""
+    from distill.data.views import Mix
+
+    mix = Mix(mixup=settings.mixup, cutmix=settings.cutmix)
+    return mix if mix.active else None

@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from distill.errors import MissingInputError
+
 LFW_URL = "http://vis-www.cs.umass.edu/lfw/"
 LFW_FILES = ("pairs.txt", "pairsDevTrain.txt", "pairsDevTest.txt")
 
@@ -25,6 +27,7 @@ def is_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def lfw_missing(lfw_dir: Path) -> list[str]:
+    """The LFW files and folders ``lfw_dir`` lacks (pairs files and ``lfw-deepfunneled/``)."""
     missing = [str(lfw_dir / f) for f in LFW_FILES if not (lfw_dir / f).is_file()]
     if not (lfw_dir / "lfw-deepfunneled").is_dir():
         missing.append(str(lfw_dir / "lfw-deepfunneled") + "/")
@@ -43,9 +46,9 @@ def ensure_lfw(lfw_dir: Path, *, download: bool) -> Path:
     how = (f"Put LFW there (lfw-deepfunneled/ and pairs*.txt from {LFW_URL}), point $FACEDISTILL_LFW at an "
            f"existing copy, or run offline with configs/quickstart.yaml.")
     if not download:
-        raise FileNotFoundError(f"LFW is missing: {', '.join(missing)}. {how}")
+        raise MissingInputError(f"LFW is missing: {', '.join(missing)}. {how}")
     if not is_reachable(LFW_URL):
-        raise FileNotFoundError(f"LFW is missing ({', '.join(missing)}) and {LFW_URL} cannot be reached "
+        raise MissingInputError(f"LFW is missing ({', '.join(missing)}) and {LFW_URL} cannot be reached "
                                 f"(offline?). {how}")
     from torchvision.datasets import LFWPairs
 

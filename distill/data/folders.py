@@ -26,16 +26,23 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from distill.errors import InputError
 from distill.io import atomic_write_json
 
-#: file extensions (lower case) treated as images
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp"})
+#: file extensions (lower case) treated as images: what the decoder (PIL, distill.data.imageio) opens
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff"})
+#: operating-system and tool litter beside or inside identity folders: ignored silently (hidden names,
+#: starting with ".", such as .DS_Store and macOS's ._* resource forks, are ignored too)
+LITTER = frozenset({"__MACOSX", "Thumbs.db", "ehthumbs.db", "desktop.ini", "@eaDir", "$RECYCLE.BIN",
+                    "System Volume Information", "Icon\r"})
+#: the reason recorded for an identity folder that holds no usable image (it is skipped, not an error)
+NO_USABLE_IMAGE = "identity folder with no usable image"
 
 #: how many skipped entries the warning names before summarising
 _WARN_LIST = 20
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """The data set cannot be used as given (empty, missing, an identity without images)."""
 
 
@@ -74,13 +81,20 @@ class ImageList:
 
     @property
     def num_identities(self) -> int:
+        """Number of identities (folders) with at least one image."""
         return len(self.identities)
 
     def paths(self) -> list[Path]:
         """Absolute-or-as-given paths ``root / rel_path``."""
         return [self.root / p for p in self.rel_paths]
 
+    @property
+    def skipped_identities(self) -> list[str]:
+        """Identity folders left out because they hold no usable image (see :data:`NO_USABLE_IMAGE`)."""
+        return [p.rstrip("/") for p, why in self.skipped if why.startswith(NO_USABLE_IMAGE)]
+
     def identity_of(self, index: int) -> str:
+        """Identity name of image ``index``."""
         return self.identities[int(self.labels[index])]
 
     def counts(self) -> np.ndarray:
@@ -116,11 +130,16 @@ class ImageList:
         return self.subset(ids[self.labels] if len(self.labels) else np.zeros(0, dtype=bool))
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (see :func:`save_image_list`)."""
         return {"root": str(self.root), "identities": self.identities, "rel_paths": self.rel_paths,
                 "labels": self.labels.tolist(), "skipped": [list(s) for s in self.skipped]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageList":
+        """Inverse of :meth:`to_dict`.
+        
+        Raises:
+            DatasetError: a key is missing."""
         try:
             return cls(Path(d["root"]), list(d["rel_paths"]), np.asarray(d["labels"], dtype=np.int64),
                        list(d["identities"]), [tuple(s) for s in d.get("skipped", [])])
@@ -183,10 +202,12 @@ def scan_identity_folder(root: str | Path, *, exclude_identities: Iterable[str] 
         root: the data set folder; each sub-folder is one identity.
         exclude_identities: identity folder names to leave out (not scanned at all).
 
+    Operating-system litter (:data:`LITTER`, hidden names) is ignored silently. An identity folder
+    with no usable image (empty, only unreadable or non-image files) is skipped: it is listed in
+    ``skipped`` with its reason and in :attr:`ImageList.skipped_identities`.
+
     Raises:
-        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
-        DatasetError: no usable image at all, or an identity folder that can be read
-            but holds no usable image (the message names the folder and why).
+        DatasetError: ``root`` is missing or not a folder, or holds no usable image at all.
 
     Example::
 
@@ -194,9 +215,10 @@ def scan_identity_folder(root: str | Path, *, exclude_identities: Iterable[str] 
     """
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data set folder {root} does not exist (expected root/<identity>/<image>)")
+        raise DatasetError(f"data set folder {root} does not exist (expected root/<identity>/<image>; check "
+                           f"data.root, eval.images_root or the folder given on the command line)")
     if not root.is_dir():
-        raise NotADirectoryError(f"data set root {root} is not a folder (expected root/<identity>/<image>)")
+        raise DatasetError(f"data set root {root} is not a folder (expected root/<identity>/<image>)")
     excluded = set(exclude_identities or ())
     skipped: list[tuple[str, str]] = []
     per_identity: list[tuple[str, list[str]]] = []
@@ -204,8 +226,8 @@ def scan_identity_folder(root: str | Path, *, exclude_identities: Iterable[str] 
     with os.scandir(root) as it:
         top = sorted(it, key=lambda e: os.fsencode(e.name))
     for entry in top:
-        if entry.name.startswith("."):
-            continue  # hidden files/folders (.DS_Store, .cache) are not data
+        if entry.name.startswith(".") or entry.name in LITTER:
+            continue  # hidden files/folders (.DS_Store, .cache) and OS litter are not data
         shown = f"{_printable(entry.name)}"
         if not _is_utf8(entry.name):
             skipped.append((shown, "folder name is not valid UTF-8"))
@@ -233,7 +255,7 @@ def scan_identity_folder(root: str | Path, *, exclude_identities: Iterable[str] 
         good: list[str] = []
         bad_here: list[tuple[str, str]] = []
         for f in files:
-            if f.name.startswith("."):
+            if f.name.startswith(".") or f.name in LITTER:
                 continue
             rel = f"{entry.name}/{_printable(f.name)}"
             try:
@@ -249,15 +271,15 @@ def scan_identity_folder(root: str | Path, *, exclude_identities: Iterable[str] 
                 bad_here.append((rel, reason))
         skipped.extend(bad_here)
         if not good:
-            why = "; ".join(f"{p}: {r}" for p, r in bad_here[:5]) or "the folder is empty"
-            raise DatasetError(
-                f"identity folder {root / entry.name} has no readable image ({why}). "
-                f"Remove the folder or pass exclude_identities={{{entry.name!r}}}.")
+            why = "; ".join(f"{p}: {r}" for p, r in bad_here[:3]) or "the folder is empty"
+            skipped.append((shown + "/", f"{NO_USABLE_IMAGE} ({why})"))
+            continue
         per_identity.append((entry.name, good))
 
     if not per_identity:
-        raise DatasetError(f"no images found under {root}: expected root/<identity>/<image> with extensions "
-                           f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+        raise DatasetError(f"no usable images under {root}: expected root/<identity>/<image> with extensions "
+                           f"{', '.join(sorted(IMAGE_EXTENSIONS))}" + (f" ({len(skipped)} entries skipped, e.g. "
+                           f"{skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
     if skipped:
         listed = "\n  ".join(f"{p}: {r}" for p, r in skipped[:_WARN_LIST])
         more = f"\n  ... and {len(skipped) - _WARN_LIST} more" if len(skipped) > _WARN_LIST else ""

@@ -115,7 +115,7 @@ def load_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                         raise ImageReadError(path, (
                             f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit "
                             f"(decompression-bomb guard; only JPEG can be decoded at reduced scale). "
-                            f"Downscale the file or raise max_pixels"))
+                            f"Downscale the file below {max_pixels / 1e6:.0f} MP, or save it as JPEG"))
                     target = _draft_target(w, h, max_pixels)
                     if target is None:
                         raise ImageReadError(path, (
@@ -123,7 +123,8 @@ def load_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                             f"even at 1/8 scale (decompression-bomb guard)"))
                     im.draft("RGB" if im.mode not in ("L", "CMYK") else im.mode, target)
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                # in place: the default returns a copy even when there is nothing to rotate (10 ms at 6 MP)
+                ImageOps.exif_transpose(im, in_place=True)
                 return np.ascontiguousarray(_to_rgb(im))
     except ImageReadError:
         raise

@@ -27,17 +27,18 @@ from typing import Sequence
 
 import numpy as np
 
+from distill.errors import InputError, MissingInputError
 from distill.io import atomic_write_text
 
 #: folds View-1 files are split into (by position) for threshold cross-validation
 VIEW1_FOLDS = 10
 
 
-class PairsFormatError(ValueError):
-    """A pairs file does not follow the LFW format; the message names file:line."""
+class PairsFormatError(InputError, ValueError):
+    """A pairs file does not follow the LFW format or is not UTF-8 text; the message names file:line."""
 
 
-class MissingImagesError(FileNotFoundError):
+class MissingImagesError(InputError, FileNotFoundError):
     """A pairs file names images that are not under the images root."""
 
 
@@ -67,11 +68,22 @@ class PairsProtocol:
 
     @property
     def num_folds(self) -> int:
+        """Number of cross-validation folds (10 for LFW)."""
         return int(self.fold.max()) + 1 if len(self.fold) else 0
+
+    @property
+    def person_a(self) -> list[str]:
+        """The identity of each pair's first image (its folder name)."""
+        return [p.split("/", 1)[0] for p in self.rel_path_a]
+
+    @property
+    def person_b(self) -> list[str]:
+        """The identity of each pair's second image."""
+        return [p.split("/", 1)[0] for p in self.rel_path_b]
 
     def people(self) -> set[str]:
         """Every identity a pair mentions (for identity-disjoint training)."""
-        return {p.split("/", 1)[0] for p in self.rel_path_a + self.rel_path_b}
+        return set(self.person_a) | set(self.person_b)
 
     def image_rel_paths(self) -> list[str]:
         """The distinct images the pairs use, sorted."""
@@ -85,6 +97,39 @@ class PairsProtocol:
                     np.array([pos[p] for p in self.rel_path_b], dtype=np.int64))
         except KeyError as e:
             raise KeyError(f"pair image {e} is not in the given list") from None
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark is accepted).
+
+    Raises:
+        PairsFormatError: the file is not UTF-8; the message names the file, the line and the bytes.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        bad = data[e.start:e.end + 3]
+        raise PairsFormatError(
+            f"{path}:{line}: not UTF-8 text (bytes {bad!r} at offset {e.start}: {e.reason}); the file was probably "
+            f"saved in another encoding (Latin-1 / Windows-1252?). Re-save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`, and point the config at "
+            f"the new file") from None
+
+
+def detect_image_ext(images_root: str | Path) -> str:
+    """The image extension of an identity-folder tree's first image (``.jpg`` for LFW, ``.png`` synthetic)."""
+    from .folders import IMAGE_EXTENSIONS
+
+    root = Path(images_root)
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and not d.name.startswith("."):
+                for f in sorted(d.iterdir()):
+                    if f.suffix.lower() in IMAGE_EXTENSIONS:
+                        return f.suffix
+    return ".jpg"
 
 
 def _image(name: str, idx: str, ext: str, where: str) -> str:
@@ -108,14 +153,14 @@ def read_pairs(path: str | Path, images_root: str | Path, *, ext: str = ".jpg",
         check_exists: raise :class:`MissingImagesError` listing the first missing images.
 
     Raises:
-        FileNotFoundError: ``path`` is missing.
+        MissingInputError: ``path`` is missing.
         PairsFormatError: malformed header or line (names ``file:line``).
         MissingImagesError: referenced images that do not exist.
     """
     path, images_root = Path(path), Path(images_root)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+        raise MissingInputError(f"pairs file {path} does not exist")
+    lines = read_text_lines(path)
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -192,6 +237,38 @@ def all_pairs(labels: np.ndarray, folds: int = VIEW1_FOLDS
     a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
     # fold = first image's person mod folds: a person's genuine pairs all share one fold, so k-fold
     # thresholds are never chosen on genuine pairs of a person they are tested on
+    return a, b, person[a] == person[b], (person[a] % folds).astype(np.int64)
+
+
+def sample_pairs(labels: np.ndarray, n: int, *, folds: int = VIEW1_FOLDS, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded sample of ``n`` genuine and ``n`` impostor pairs of the images with ``labels``.
+
+    Same return as :func:`all_pairs` (``idx_a < idx_b``, folds by the first image's person), without
+    replacement; fewer when the images do not have that many pairs of a kind. Deterministic for a
+    given ``seed``; memory stays O(n) for any number of images.
+    """
+    labels = np.asarray(labels).ravel()
+    _, person = np.unique(labels, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    by_person = [np.flatnonzero(person == k) for k in range(person.max() + 1 if person.size else 0)]
+    genuine = [(int(i), int(j)) for members in by_person for x, i in enumerate(members) for j in members[x + 1:]]
+    if len(genuine) > n:
+        genuine = [genuine[k] for k in rng.choice(len(genuine), n, replace=False)]
+    n_imp = sum(len(m) for m in by_person) ** 2 // 2 - len(genuine)
+    impostor: set[tuple[int, int]] = set()
+    want = min(n, max(0, n_imp))
+    for _ in range(50):
+        if len(impostor) >= want or len(by_person) < 2:
+            break
+        a = rng.integers(0, len(labels), 2 * want)
+        b = rng.integers(0, len(labels), 2 * want)
+        for i, j in zip(a.tolist(), b.tolist()):
+            if person[i] != person[j] and len(impostor) < want:
+                impostor.add((min(i, j), max(i, j)))
+    pairs = sorted(genuine) + sorted(impostor)
+    idx = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    a, b = idx[:, 0], idx[:, 1]
     return a, b, person[a] == person[b], (person[a] % folds).astype(np.int64)
 
 

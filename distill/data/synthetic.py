@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from distill.progress import progress_bar
 
 from distill.data.folders import DatasetError, ImageList, scan_identity_folder
 from distill.data.pairs import PairsProtocol, read_pairs, write_pairs
@@ -98,6 +98,7 @@ class FaceIdentity:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "FaceIdentity":
+        """A random identity (face shape, colours, features) drawn from ``rng``."""
         t = rng.uniform(0.5, 7.999)  # continuous position between tones 1-2 and 9
         k = int(t)
         skin = MONK_SKIN_TONES[k] * (k + 1 - t) + MONK_SKIN_TONES[k + 1] * (t - k)
@@ -154,6 +155,7 @@ class Nuisance:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Nuisance":
+        """Random per-image nuisance (pose, light, expression, background) drawn from ``rng``."""
         occ = None
         if rng.random() < 0.12:  # a hand/object over a lower or side part of the face
             w, h = rng.uniform(30, 60), rng.uniform(25, 45)
@@ -537,10 +539,12 @@ class SyntheticSet:
 
     @property
     def train_pairs_path(self) -> Path:
+        """The View-1 pairs file of the training identities."""
         return self.root / TRAIN_PAIRS
 
     @property
     def test_pairs_path(self) -> Path:
+        """The View-1 pairs file of the held-out test identities."""
         return self.root / TEST_PAIRS
 
     def images(self) -> ImageList:
@@ -548,9 +552,11 @@ class SyntheticSet:
         return scan_identity_folder(self.root)
 
     def train_pairs(self) -> PairsProtocol:
+        """The training identities' pairs protocol."""
         return read_pairs(self.train_pairs_path, self.root, ext=self.ext)
 
     def test_pairs(self) -> PairsProtocol:
+        """The test identities' pairs protocol."""
         return read_pairs(self.test_pairs_path, self.root, ext=self.ext)
 
 
@@ -666,7 +672,7 @@ def generate_synthetic(out_dir: str | Path, identities: int = 120, images_per_id
     try:
         files: list[str] = []
         people: dict[str, Any] = {}
-        bar = tqdm(total=identities * images_per_identity, desc="synthetic faces", unit="img", disable=not progress)
+        bar = progress_bar(total=identities * images_per_identity, desc="synthetic faces", unit="img", disable=not progress)
         for i, name in enumerate(names):
             face = FaceIdentity.sample(np.random.default_rng([seed, i]))
             people[name] = asdict(face)

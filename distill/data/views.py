@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -28,28 +29,86 @@ def view_seed(seed: int, index: int, view_id: int) -> int:
     return int.from_bytes(digest, "little")
 
 
+@dataclass(frozen=True)
+class Mix:
+    """Views that mix two training faces (Beyer et al., CVPR 2022: the teacher labels the mix, no labels needed).
+
+    ``mixup``: probability that a view is a pixel blend ``lam * a + (1 - lam) * b``; ``cutmix``:
+    probability that it is ``a`` with a rectangle of ``b`` pasted in (area ``1 - lam``). ``lam`` is
+    uniform in ``[lam_low, 1 - lam_low]``; the partner ``b`` is another training face in its own
+    augmented view. Which views mix, with whom and how is a pure function of ``(seed, face, view)``.
+    """
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    lam_low: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.mixup and 0 <= self.cutmix and self.mixup + self.cutmix <= 1):
+            raise ValueError(f"mix probabilities must be >= 0 and sum to at most 1, got mixup={self.mixup}, "
+                             f"cutmix={self.cutmix} (data.augment.mixup / data.augment.cutmix)")
+
+    @property
+    def active(self) -> bool:
+        """Whether any view mixes."""
+        return self.mixup + self.cutmix > 0
+
+    def fingerprint(self) -> str:
+        """Part of teacher-cache keys: cached targets of mixed views depend on the recipe."""
+        return f"mix(mixup={self.mixup:g},cutmix={self.cutmix:g},lam_low={self.lam_low:g})"
+
+
+#: salt of the mixing decisions (so they are independent of the augmentation drawn from the same seed)
+_MIX_SALT = 0x5EED_F00D
+
+
 class FaceViews(Dataset):
     """Aligned faces ``(N, S, S, 3)`` uint8 (a memmap is fine) -> augmented views keyed by ``(index, view_id)``.
 
-    ``view_id`` 0 with ``clean_view0=True`` is the un-augmented face.
+    ``view_id`` 0 with ``clean_view0=True`` is the un-augmented face; with ``mix`` some views blend
+    two faces (:class:`Mix`).
     """
 
     def __init__(self, faces: np.ndarray, augment: Augment | None = None, seed: int = 0,
-                 indices: Sequence[int] | None = None, clean_view0: bool = False) -> None:
+                 indices: Sequence[int] | None = None, clean_view0: bool = False, mix: Mix | None = None) -> None:
         if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
             raise ValueError(f"expected uint8 faces (N,S,S,3), got {faces.dtype} {faces.shape}")
         self.faces, self.augment, self.seed, self.clean_view0 = faces, augment, seed, clean_view0
+        self.mix = mix if mix is not None and mix.active else None
         self.indices = np.arange(len(faces)) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def view(self, index: int, view_id: int) -> np.ndarray:
-        """View ``view_id`` of face ``index`` (an index into ``faces``, not into ``indices``)."""
+    def _augmented(self, index: int, view_id: int) -> np.ndarray:
         face = np.asarray(self.faces[index])
         if self.augment is None or (self.clean_view0 and view_id == 0):
             return face
         return self.augment(face, view_seed(self.seed, int(index), int(view_id)))
+
+    def view(self, index: int, view_id: int) -> np.ndarray:
+        """View ``view_id`` of face ``index`` (an index into ``faces``, not into ``indices``): uint8 ``(S, S, 3)``."""
+        face = self._augmented(index, view_id)
+        if self.mix is None or (self.clean_view0 and view_id == 0):
+            return face
+        rng = np.random.default_rng([view_seed(self.seed, int(index), int(view_id)), _MIX_SALT])
+        u = rng.random()
+        if u >= self.mix.mixup + self.mix.cutmix or len(self.indices) < 2:
+            return face
+        p = int(rng.integers(len(self.indices)))
+        partner = int(self.indices[p])
+        if partner == index:  # never a face with itself
+            partner = int(self.indices[(p + 1) % len(self.indices)])
+        other = self._augmented(partner, int(rng.integers(1 << 30)))
+        lam = rng.uniform(self.mix.lam_low, 1 - self.mix.lam_low)
+        if u < self.mix.mixup:
+            return (lam * face.astype(np.float32) + (1 - lam) * other.astype(np.float32) + 0.5).astype(np.uint8)
+        h, w = face.shape[:2]
+        bh, bw = int(round(h * np.sqrt(1 - lam))), int(round(w * np.sqrt(1 - lam)))
+        y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        out = face.copy()
+        out[y:y + bh, x:x + bw] = other[y:y + bh, x:x + bw]
+        return out
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         pos, view_id = key
@@ -90,19 +149,23 @@ class EpochViewSampler(Sampler):
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (its shuffle and view ids) from its first key."""
         self.epoch = epoch
         self.start = 0
 
     def set_start(self, start: int) -> None:
+        """Skip this rank's first ``start`` keys of the epoch (mid-epoch resume)."""
         self.start = int(start)
 
     def positions(self) -> np.ndarray:
+        """This rank's positions of the epoch: a seeded shuffle, sharded over ranks."""
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
         per_rank = len(order) // self.num_replicas
         return order[self.rank::self.num_replicas][:per_rank]
 
     def view_ids(self, positions: np.ndarray) -> np.ndarray:
+        """The view id of each position: the epoch (online), or a per-sample cycle through K views."""
         if self.num_views is None:
             return np.full(len(positions), self.epoch, dtype=np.int64)
         offset = np.random.default_rng([self.seed, 7919]).integers(0, self.num_views, size=self.length)

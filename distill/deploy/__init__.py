@@ -5,6 +5,7 @@ Example::
     from distill.deploy import export_student, OnnxEmbedder, build_gallery, load_gallery, load_embedder
 
     export_student("runs/r1/student.pt", "student.onnx", "onnx", int8=True)   # + student.int8.onnx
+    # model files and the loader live in distill.models; they are re-exported here
     emb = OnnxEmbedder("student.int8.onnx")           # an Embedder: evaluation can measure the file itself
     build_gallery(emb, "student.int8.onnx", "known_people/", "gallery/")
 """
@@ -13,10 +14,11 @@ from .export import FORMATS, PARITY_TOL, export_checkpoint, export_model, onnx_b
 from .faces import align_files, align_rel_paths, default_lfw_images, sample_identity_images
 from .gallery import (Gallery, GalleryError, build_gallery, check_model, load_gallery, search_gallery,
                       threshold_from_report)
-from .quantize import (FaceCalibrationReader, embedding_agreement, int8_path, load_pairs, onnx_cost,
-                       onnx_latency, quantize_int8, verification_accuracy)
-from .runtime import (ExportError, ExportModel, OnnxEmbedder, StudentEmbedder, TorchScriptEmbedder,
-                      load_embedder, load_export_model, read_metadata)
+from distill.models import (ExportError, ExportModel, OnnxEmbedder, StudentEmbedder, TorchScriptEmbedder,
+                            load_embedder, load_export_model, onnx_cost, onnx_latency, read_metadata)
+
+from .quantize import (FaceCalibrationReader, embedding_agreement, int8_path, load_pairs, quantize_int8,
+                       verification_accuracy)
 from .workflow import export_student
 
 __all__ = [

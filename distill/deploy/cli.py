@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from distill.errors import UsageError
+
 from .faces import DEFAULT_CACHE_DIR
 
 
 def _usage(msg: str) -> Exception:
-    from distill.cli import UsageError
-
     return UsageError(msg)
 
 
@@ -32,13 +32,14 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def _jsonable(obj: Any) -> Any:
-    from distill.evaluation.report import _jsonable as j
+    from distill.evaluation.results import jsonable
 
-    return j(obj)
+    return jsonable(obj)
 
 
 # --------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
+    """``distill export CHECKPOINT -o FILE``: export with a parity check, optionally int8."""
     from distill.io import atomic_write_json
 
     from .workflow import export_student
@@ -62,20 +63,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- gallery
 def cmd_gallery_build(args: argparse.Namespace) -> int:
+    """``distill gallery build``: enrol identity folders into a FAISS gallery."""
     from .gallery import build_gallery
-    from .runtime import load_embedder
+    from distill.models import load_embedder
 
     if not args.images.is_dir():
         raise _usage(f"--images {args.images} is not a folder (expected identity folders DIR/<person>/<image>)")
     emb = load_embedder(args.model, with_projection=args.with_projection)
     res = build_gallery(emb, args.model, args.images, args.output, allow_cross_model=args.allow_cross_model,
                         overwrite=args.overwrite, index_kind=args.index, align_backend=args.align_backend,
-                        cache_dir=args.cache_dir, batch_size=args.batch_size)
+                        cache_dir=args.cache_dir, no_face=args.no_face, batch_size=args.batch_size)
     print(f"gallery {res['gallery']}: {res['items']} faces of {res['identities']} identities "
-          f"({res['added']} added, {res['already_present']} already enrolled, {len(res['skipped'])} skipped) "
-          f"with {res['model']['name']} [{res['model']['fingerprint']}]")
+          f"({res['added']} added, {res['already_present']} already enrolled, {len(res['skipped'])} images "
+          f"skipped, {len(res['no_face'])} of them with no face found) with {res['model']['name']} "
+          f"[{res['model']['fingerprint']}]")
+    if res["skipped_identities"]:
+        print(f"  {len(res['skipped_identities'])} identity folders skipped (no usable image): "
+              f"{', '.join(res['skipped_identities'][:10])}")
     for path, why in list(res["skipped"].items())[:10]:
         print(f"  skipped {path}: {why}")
+    if res["no_face"] and args.no_face == "skip":
+        print("  (images with no face found are not enrolled; --no-face center enrols their centre crops)")
     return 0
 
 
@@ -96,12 +104,13 @@ def _probe_files(items: list[Path]) -> list[Path]:
 
 
 def cmd_gallery_search(args: argparse.Namespace) -> int:
+    """``distill gallery search``: identify faces in photos against a gallery."""
     from distill.evaluation import extract_embeddings
 
     from .faces import align_files
-    from .gallery import (check_model, load_gallery, score_text, search_gallery, threshold_from_report,
-                          user_threshold_to_score)
-    from .runtime import load_embedder
+    from .gallery import (check_model, load_gallery, no_face_result, score_text, search_gallery,
+                          threshold_from_report, user_threshold_to_score)
+    from distill.models import load_embedder
 
     if args.k < 1:
         raise _usage(f"--k must be >= 1, got {args.k}")
@@ -120,19 +129,28 @@ def cmd_gallery_search(args: argparse.Namespace) -> int:
         threshold, info = threshold_from_report(args.report, args.far, args.report_model or emb.name,
                                                 protocol=args.protocol)
     files = _probe_files(args.images)
+    # a probe with no face is never matched: "no face found", not a decision about a centre crop
     faces, kept, skipped = align_files(files, template=emb.preprocessing.alignment, backend=args.align_backend,
-                                       cache_dir=args.cache_dir)
+                                       cache_dir=args.cache_dir, no_face="skip")
     vectors = extract_embeddings(emb, faces, progress=False) if len(kept) else None
-    results = search_gallery(gal, vectors, k=args.k, threshold=threshold) if vectors is not None else []
+    found = dict(zip(map(str, kept), search_gallery(gal, vectors, k=args.k, threshold=threshold)
+                     if vectors is not None else []))
+    faceless = {p: why for p, why in skipped.items() if why.startswith("no face found")}
+    probes = [(f, found[r] if r in found else no_face_result(faceless[r]))
+              for f, r in ((f, str(f.resolve())) for f in files) if r in found or r in faceless]
+    unreadable = {p: why for p, why in skipped.items() if p not in faceless}
     if args.json:
         print(json.dumps(_jsonable({"gallery": str(gal.root), "model": emb.name, "metric": metric,
-                                    "threshold": threshold, "threshold_info": info, "skipped": skipped,
-                                    "probes": [{"image": str(f), **r} for f, r in zip(kept, results)]}), indent=2))
+                                    "threshold": threshold, "threshold_info": info, "skipped": unreadable,
+                                    "probes": [{"image": str(f), **r} for f, r in probes]}), indent=2))
         return 0
     if info is not None and "far" in info:
         print(f"threshold {score_text(threshold, metric)}: FAR {info['far']:.2g} (asked {info['requested_far']:g}), "
               f"TAR {info['tar']:.3f} on {info['protocol']} for {info['model']} in {info['report']}")
-    for f, r in zip(kept, results):
+    for f, r in probes:
+        if not r["face_found"]:
+            print(f"{f}  -> no face found (no decision)")
+            continue
         top = r["matches"][0]
         verdict = ""
         if r["decision"] is not None:
@@ -141,7 +159,7 @@ def cmd_gallery_search(args: argparse.Namespace) -> int:
         print(f"{f}{verdict}")
         for m in r["matches"]:
             print(f"  {m['rank']:2d}. {m['identity']:30s} {score_text(m['score'], metric)}  {Path(m['path']).name}")
-    for path, why in skipped.items():
+    for path, why in unreadable.items():
         print(f"{path}: skipped ({why})")
     return 0
 
@@ -198,9 +216,11 @@ def register_cli(subparsers: Any) -> None:
     gsub = g.add_subparsers(dest="gallery_command", metavar="ACTION")
     gsub.required = True
     b = gsub.add_parser("build", help="enrol identity folders (DIR/<person>/<image>) into a gallery",
-                        description="Align (with the cache), embed and index every image of DIR/<person>/. The "
-                                    "gallery stores the model's fingerprint; adding with another model is refused "
-                                    "unless --allow-cross-model.")
+                        description="Align (with the cache), embed and index every image of DIR/<person>/. Images "
+                                    "with no face found are not enrolled (listed; --no-face center enrols them), "
+                                    "folders with no usable image are skipped and counted. The gallery stores the "
+                                    "model's fingerprint; adding with another model is refused unless "
+                                    "--allow-cross-model.")
     b.add_argument("--model", required=True, metavar="MODEL",
                    help="student.pt, an exported .onnx / TorchScript file, or teacher:NAME (e.g. teacher:dlib_resnet)")
     b.add_argument("--images", type=Path, required=True, metavar="DIR", help="identity folders to enrol")
@@ -211,13 +231,17 @@ def register_cli(subparsers: Any) -> None:
                    help="deliberately add embeddings of a different model (same embedding space only)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing gallery instead of adding to it")
     b.add_argument("--with-projection", action="store_true", help="student.pt: embed in the teacher's space")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--no-face", choices=("skip", "center"), default="skip",
+                   help="images where no face is found: skip them (default; listed) or enrol their centre crop")
+    b.add_argument("--batch-size", type=int, default=64, help="images embedded per batch (default 64)")
     _align_args(b)
     b.set_defaults(func=cmd_gallery_build)
 
     s = gsub.add_parser("search", help="identify faces in photos against a gallery",
                         description="Align and embed each photo, print the top-k gallery identities with their "
-                                    "scores and, with a threshold, a same/different decision for the best one.")
+                                    "scores and, with a threshold, a same/different decision for the best one. A photo "
+                                    "in which no face is found is reported as 'no face found' and never decided "
+                                    "(JSON: face_found false).")
     s.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="probe photos (or folders of photos)")
     s.add_argument("--gallery", type=Path, required=True, metavar="DIR")
     s.add_argument("--k", type=int, default=5, help="identities to list per photo (default 5)")

@@ -2,7 +2,7 @@
 
 The exported graph is the student with its embedding head and normalisation (plus, optionally,
 the trained projection into the teacher's space). Input: the preprocessed float tensor
-``(B, 3, S, S)`` with a dynamic batch dimension (see :data:`~distill.deploy.runtime.INPUT_DOC`);
+``(B, 3, S, S)`` with a dynamic batch dimension (see :data:`~distill.models.exported.INPUT_DOC`);
 output: ``(B, D)`` embeddings. Preprocessing (input size, mean/std, alignment template), embedding
 dim, normalisation and the distance to use are recorded in the file's metadata.
 
@@ -29,8 +29,8 @@ import torch
 from distill.io import atomic_write_bytes
 from distill.preprocess import check_alignment
 
-from .runtime import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ExportError, ExportModel, flat_metadata,
-                      load_export_model, preprocessing_of)
+from distill.models.exported import (INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ExportError, ExportModel, flat_metadata,
+                                     load_export_model, preprocessing_of)
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -57,7 +57,7 @@ def onnx_bytes(model: ExportModel, meta: dict[str, Any]) -> bytes:
 
 
 def with_onnx_metadata(proto: Any, meta: dict[str, Any]) -> Any:
-    """Replace ``proto``'s metadata_props by :func:`~distill.deploy.runtime.flat_metadata` of ``meta``."""
+    """Replace ``proto``'s metadata_props by :func:`~distill.models.exported.flat_metadata` of ``meta``."""
     del proto.metadata_props[:]
     for k, v in flat_metadata(meta).items():
         entry = proto.metadata_props.add()
@@ -131,7 +131,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: Format, pari
 
 def export_model(model: ExportModel, meta: dict[str, Any], out: str | Path, fmt: Format, parity_faces: np.ndarray,
                  *, faces_alignment: str | None = None, tol: float = PARITY_TOL) -> dict[str, Any]:
-    """:func:`export_checkpoint` for a model already loaded with :func:`~distill.deploy.runtime.load_export_model`."""
+    """:func:`export_checkpoint` for a model already loaded with :func:`~distill.models.exported.load_export_model`."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if faces_alignment is not None:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 
+from distill.errors import InputError
 from distill.evaluation.search import build_index, metric_for, search
 from distill.io import atomic_write_bytes, atomic_write_json
 
@@ -40,7 +41,7 @@ GALLERY_FORMAT = "facedistill-gallery-v1"
 GALLERY_JSON, EMBEDDINGS_NPY, INDEX_FILE = "gallery.json", "embeddings.npy", "index.faiss"
 
 
-class GalleryError(ValueError):
+class GalleryError(InputError, ValueError):
     """A gallery cannot be built, loaded or searched as asked; the message says what to do."""
 
 
@@ -55,10 +56,12 @@ class Gallery:
 
     @property
     def items(self) -> list[dict[str, Any]]:
+        """One record per enrolled image: identity, path, model index."""
         return self.doc["items"]
 
     @property
     def identities(self) -> list[str]:
+        """The identity of each gallery row."""
         return [it["identity"] for it in self.items]
 
     @property
@@ -68,6 +71,7 @@ class Gallery:
 
     @property
     def metric(self) -> str:
+        """``"ip"`` (cosine on unit vectors) or ``"l2"`` (Euclidean)."""
         return self.doc["metric"]
 
 
@@ -123,13 +127,17 @@ def load_gallery(root: str | Path) -> Gallery:
 def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: str | Path, *,
                   rel_paths: Sequence[str] | None = None, allow_cross_model: bool = False, overwrite: bool = False,
                   index_kind: str = "flat", align_backend: str = "dlib", cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                  batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+                  no_face: str = "skip", batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Enrol the identity folders under ``images_root`` (or just ``rel_paths`` of it) into the gallery ``out``.
 
     A new ``out`` is created; an existing gallery is extended (images already enrolled are skipped)
     when it was built with the same model, refused otherwise unless ``allow_cross_model``;
-    ``overwrite`` starts afresh. Faces are aligned (through the cache) to the model's template.
-    Returns a summary: ``{"added", "already_present", "skipped", "identities", "items", "model"}``.
+    ``overwrite`` starts afresh. Faces are aligned (through the cache) to the model's template; an
+    image in which no face is found is not enrolled (``no_face="skip"``, listed in ``no_face``)
+    unless ``no_face="center"`` enrols its centre crop. Identity folders without a usable image are
+    left out and listed (``skipped_identities``).
+    Returns a summary: ``{"added", "already_present", "skipped", "no_face", "skipped_identities",
+    "identities", "items", "model"}``.
     """
     from distill.data.folders import scan_identity_folder
     from distill.evaluation import extract_embeddings
@@ -174,7 +182,7 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
     new = np.zeros((0, old.shape[1] if old.size else 0), np.float32)
     if todo:
         af = align_rel_paths(images_root, [r for r, _ in todo], template=embedder.preprocessing.alignment,
-                             backend=align_backend, cache_dir=cache_dir, progress=progress)
+                             backend=align_backend, cache_dir=cache_dir, no_face=no_face, progress=progress)
         skipped = dict(af.record.skipped)
         new = extract_embeddings(embedder, af.faces, batch_size=batch_size, progress=progress)
         for k, pos in enumerate(af.indices):
@@ -182,7 +190,9 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
             items.append({"identity": ident, "path": str((images_root / rel).resolve()), "model": model_idx,
                           "aligned": rel not in af.record.no_face_paths})
     if not items:
-        raise GalleryError(f"no face could be enrolled from {images_root} ({len(skipped)} images skipped)")
+        raise GalleryError(f"no face could be enrolled from {images_root} ({len(skipped)} images skipped"
+                           + (", no face found in them: pass --no-face center to enrol their centre crops"
+                              if skipped and no_face == "skip" else "") + ")")
     if old.size and new.size and old.shape[1] != new.shape[1]:
         raise GalleryError(f"gallery {out} holds {old.shape[1]}-D embeddings; {record['name']} makes "
                            f"{new.shape[1]}-D ones")
@@ -197,7 +207,9 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
     atomic_write_bytes(out / EMBEDDINGS_NPY, _npy_bytes(emb))
     atomic_write_bytes(out / INDEX_FILE, _index_bytes(index))
     atomic_write_json(out / GALLERY_JSON, doc)
-    return {"added": len(todo) - len(skipped), "already_present": already, "skipped": skipped,
+    faceless = {k: v for k, v in skipped.items() if v.startswith("no face found")}
+    return {"added": len(todo) - len(skipped), "already_present": already, "skipped": skipped, "no_face": faceless,
+            "skipped_identities": scanned.skipped_identities,
             "identities": len(doc["identities"]), "items": len(items), "model": record, "gallery": str(out)}
 
 
@@ -221,11 +233,12 @@ def check_model(gallery: Gallery, embedder: Any, *, allow_cross_model: bool = Fa
 
 def search_gallery(gallery: Gallery, embeddings: np.ndarray, *, k: int = 5,
                    threshold: float | None = None) -> list[dict[str, Any]]:
-    """Top-``k`` identities for each probe embedding (best gallery image per identity).
+    """Top-``k`` identities for each probe embedding ``(N, D)`` (best gallery image per identity).
 
     ``threshold`` is in score units (cosine, or negative Euclidean distance): the top identity is
     declared ``"same"`` when its score is ``>= threshold``, else ``"different"`` (unknown person).
-    Returns one ``{"matches": [{"rank", "identity", "score", "path"}], "decision"}`` per probe.
+    Only embed probes in which a face was found (see :func:`no_face_result`).
+    Returns one ``{"matches": [{"rank", "identity", "score", "path"}], "decision", "face_found"}`` per probe.
     """
     if embeddings.shape[1] != gallery.doc["dim"]:
         raise GalleryError(f"probe embeddings are {embeddings.shape[1]}-D, gallery {gallery.root} is "
@@ -251,8 +264,13 @@ def search_gallery(gallery: Gallery, embeddings: np.ndarray, *, k: int = 5,
         decision = None
         if threshold is not None and matches:
             decision = "same" if matches[0]["score"] >= threshold else "different"
-        out.append({"matches": matches, "decision": decision})
+        out.append({"face_found": True, "matches": matches, "decision": decision})
     return out
+
+
+def no_face_result(reason: str) -> dict[str, Any]:
+    """The search result of a probe in which no face was found: no matches and no decision, ever."""
+    return {"face_found": False, "matches": [], "decision": None, "reason": reason}
 
 
 def threshold_from_report(report: str | Path, far: float, model: str, *,
@@ -262,37 +280,38 @@ def threshold_from_report(report: str | Path, far: float, model: str, *,
     ``report``: a ``report.json`` or its run directory; ``model``: the model's name in the report
     (a teacher's name, or a student's ``name-inputsize``); ``protocol``: default the first one.
     Returns ``(threshold, {"far", "tar", "protocol", "model", "report"})`` of the ROC point used.
+
+    Raises:
+        GalleryError: no such report, model or protocol, or no ROC point reaches ``far``.
     """
-    path = Path(report)
-    path = path / "report.json" if path.is_dir() else path
-    if not path.is_file():
-        raise GalleryError(f"evaluation report {path} does not exist (give RUN/report.json of a finished run)")
+    from distill.evaluation.results import ReportError, load_report
+
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GalleryError(f"{path} is not valid JSON ({e})") from None
-    models = {m["name"]: m for m in doc.get("models", [])}
-    if model not in models:
-        raise GalleryError(f"{path} has no model named {model!r} (it has: {', '.join(models) or 'none'}); pass "
-                           f"--report-model NAME to pick the entry evaluated with this model")
-    protos = models[model].get("protocols") or {}
-    if not protos:
+        doc = load_report(report)
+    except FileNotFoundError:
+        raise GalleryError(f"evaluation report {report} does not exist (give RUN/report.json of a finished run)"
+                           ) from None
+    except ReportError as e:
+        raise GalleryError(str(e)) from None
+    path = Path(report) / "report.json" if Path(report).is_dir() else Path(report)
+    try:
+        entry = doc.model(model)
+    except KeyError as e:
+        raise GalleryError(f"{path}: {e.args[0]}; pass --report-model NAME to pick the entry evaluated with this "
+                           f"model") from None
+    if not entry.protocols:
         raise GalleryError(f"{path}: model {model!r} has no verification results")
-    name = protocol or next(iter(protos))
-    if name not in protos:
-        raise GalleryError(f"{path}: model {model!r} has no protocol {name!r} (it has: {', '.join(protos)})")
-    roc = protos[name]["roc"]
-    best = None
-    for f, t, thr in zip(roc["far"], roc["tar"], roc["threshold"]):
-        if thr is not None and f is not None and f <= far and (best is None or f >= best[0]):
-            best = (f, t, thr)
+    name = protocol or next(iter(entry.protocols))
+    if name not in entry.protocols:
+        raise GalleryError(f"{path}: model {model!r} has no protocol {name!r} (it has: {', '.join(entry.protocols)})")
+    roc = entry.protocols[name].roc
+    best = roc.threshold_at(far)
     if best is None:
-        finite = [f for f, thr in zip(roc["far"], roc["threshold"]) if thr is not None and f is not None]
+        finite = [f for f, thr in zip(roc.far, roc.threshold) if thr is not None and f is not None]
         raise GalleryError(f"{path}: no ROC point of {model!r} on {name} reaches FAR <= {far:g} "
                            f"(lowest: {min(finite) if finite else 'none'})")
     f, t, thr = best
-    return float(thr), {"far": f, "tar": t, "protocol": name, "model": model, "report": str(path),
-                        "requested_far": far}
+    return thr, {"far": f, "tar": t, "protocol": name, "model": model, "report": str(path), "requested_far": far}
 
 
 def score_text(score: float, metric: str) -> str:

@@ -9,15 +9,13 @@ Example::
     q = quantize_int8("student.onnx", "student.int8.onnx", calib_faces)
     acc = verification_accuracy({"fp32": OnnxEmbedder("student.onnx"),
                                  "int8": OnnxEmbedder("student.int8.onnx")}, faces, pairs)
-    lat = onnx_latency("student.int8.onnx", batch_sizes=(1, 32))
+    lat = onnx_latency("student.int8.onnx", batch_sizes=(1, 32))   # distill.models.exported
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +23,7 @@ import torch
 from distill.io import atomic_write_bytes
 
 from .export import with_onnx_metadata
-from .runtime import INPUT_NAME, OnnxEmbedder, preprocessing_of, read_metadata
+from distill.models.exported import INPUT_NAME, preprocessing_of, read_metadata
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -44,6 +42,7 @@ class FaceCalibrationReader:
         self.pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next calibration batch ``{input: (B, 3, S, S) float32}``, or None at the end."""
         if self.pos >= len(self.faces):
             return None
         batch = np.array(self.faces[self.pos:self.pos + self.batch_size], dtype=np.uint8)
@@ -51,6 +50,7 @@ class FaceCalibrationReader:
         return {INPUT_NAME: self.pre(torch.from_numpy(batch)).numpy()}
 
     def rewind(self) -> None:
+        """Start again from the first face."""
         self.pos = 0
 
     def __iter__(self):  # onnxruntime >= 1.16 also iterates readers
@@ -110,24 +110,12 @@ def subset_pairs(n_pairs: int, is_same: np.ndarray, max_pairs: int | None) -> np
     return np.sort(np.concatenate(out))
 
 
-def image_ext(images_root: str | Path) -> str:
-    """The image extension of an identity-folder tree (``.jpg`` for LFW, ``.png`` for the synthetic set)."""
-    from distill.data.folders import IMAGE_EXTENSIONS
-
-    for d in sorted(Path(images_root).iterdir()):
-        if d.is_dir():
-            for f in sorted(d.iterdir()):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    return f.suffix
-    return ".jpg"
-
-
 def load_pairs(pairs_file: str | Path, images_root: str | Path, *, max_pairs: int | None = None):
     """``(rel_paths, PairIndex into rel_paths, people)`` of a LFW-format pairs file (optionally a subset)."""
-    from distill.data.pairs import read_pairs
+    from distill.data.pairs import detect_image_ext, read_pairs
     from distill.evaluation import PairIndex
 
-    proto = read_pairs(pairs_file, images_root, ext=image_ext(images_root))
+    proto = read_pairs(pairs_file, images_root, ext=detect_image_ext(images_root))
     keep = subset_pairs(len(proto), proto.is_same, max_pairs)
     a = [proto.rel_path_a[i] for i in keep]
     b = [proto.rel_path_b[i] for i in keep]
@@ -139,21 +127,18 @@ def load_pairs(pairs_file: str | Path, images_root: str | Path, *, max_pairs: in
 
 
 def verification_accuracy(embedders: dict[str, Any], faces: np.ndarray, pairs: Any, *,
-                          batch_size: int = 64) -> dict[str, dict[str, Any]]:
+                          batch_size: int = 64) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Embed the same aligned faces with each embedder and verify on ``pairs`` (indices into ``faces``).
 
-    Returns ``{label: {"accuracy_mean", "accuracy_std", "auc", "eer", "best_accuracy", "n_pairs"}}``.
+    Returns ``({label: VerificationResult}, {label: embeddings (N, D)})``.
     """
     from distill.evaluation import evaluate_pairs, extract_embeddings
 
-    out: dict[str, dict[str, Any]] = {}
+    results, vectors = {}, {}
     for label, emb in embedders.items():
-        vectors = extract_embeddings(emb, faces, batch_size=batch_size, progress=True)
-        res = evaluate_pairs(vectors, pairs, emb.normalized)
-        out[label] = {k: res[k] for k in ("accuracy_mean", "accuracy_std", "auc", "eer", "best_accuracy",
-                                          "n_pairs", "tar_at_far")}
-        out[label]["embeddings"] = vectors
-    return out
+        vectors[label] = extract_embeddings(emb, faces, batch_size=batch_size, progress=True)
+        results[label] = evaluate_pairs(vectors[label], pairs, emb.normalized)
+    return results, vectors
 
 
 def embedding_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -174,59 +159,12 @@ def embedding_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- latency
-def onnx_latency(path: str | Path, *, batch_sizes: Iterable[int] = (1, 32), warmup: int = 2, repeats: int = 10,
-                 threads: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Median onnxruntime wall time per batch on random preprocessed input (CPU provider).
-
-    Returns ``{str(batch): {"ms_per_batch", "ms_per_image", "images_per_s", "repeats"}}``.
-    """
-    emb = OnnxEmbedder(path, threads=threads)
-    size = emb.preprocessing.input_size
-    rng = np.random.default_rng(seed)
-    out: dict[str, dict[str, float]] = {}
-    for b in batch_sizes:
-        x = rng.standard_normal((b, 3, size, size), dtype=np.float32)
-        for _ in range(warmup):
-            emb.run(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            emb.run(x)
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        out[str(b)] = {"ms_per_batch": med * 1e3, "ms_per_image": med * 1e3 / b, "images_per_s": b / med,
-                       "repeats": repeats}
-    return out
-
-
 def latency_table(rows: Sequence[tuple[str, dict[str, dict[str, float]]]]) -> str:
-    """Plain-text table of :func:`onnx_latency` results, one row per (label, latency)."""
+    """Plain-text table of :func:`~distill.models.exported.onnx_latency` results, one row per (label, latency)."""
+    from distill.evaluation.tables import text_table
+
     batches = sorted({int(b) for _, lat in rows for b in lat})
-    head = "model  " + "  ".join(f"b={b}: ms/batch  img/s" for b in batches)
-    lines = [head]
-    for label, lat in rows:
-        cells = [f"{lat[str(b)]['ms_per_batch']:9.2f}  {lat[str(b)]['images_per_s']:7.0f}" if str(b) in lat
-                 else " " * 18 for b in batches]
-        lines.append(f"{label:6s} " + "  ".join(f"{c:>24s}" for c in cells))
-    return "\n".join(lines)
-
-
-def onnx_cost(path: str | Path, *, batch_sizes: Sequence[int] = (1, 32), latency: bool = True) -> dict[str, Any]:
-    """:func:`distill.evaluation.measure_cost`'s dict for an exported ONNX file, so evaluation can report the
-    file it measured: params and mult-adds of the architecture (rebuilt from the metadata), file size, and
-    onnxruntime latency under ``latency[<precision>]`` (``images_per_s`` = the largest batch).
-    """
-    from distill.pipeline import StudentSpec
-    from distill.profile import profile
-
-    meta = read_metadata(path)
-    size = int(meta["preprocessing"]["input_size"])
-    c = profile(StudentSpec(meta["student"]["name"], dict(meta["student"]["kwargs"])).build(), size)
-    out: dict[str, Any] = {"params": c.params, "mult_adds": c.mult_adds, "input_size": size,
-                           "file_bytes": Path(path).stat().st_size, "threads": torch.get_num_threads(),
-                           "runtime": f"onnxruntime {meta['precision']}", "latency": {}, "images_per_s": None}
-    if latency:
-        lat = onnx_latency(path, batch_sizes=batch_sizes)
-        out["latency"][f"onnx-{meta['precision']}"] = lat
-        out["images_per_s"] = lat[str(max(batch_sizes))]["images_per_s"]
-    return out
+    head = ["model", *(f"b={b} ms/batch" for b in batches), *(f"b={b} img/s" for b in batches)]
+    body = [[label, *(f"{lat[str(b)]['ms_per_batch']:.2f}" if str(b) in lat else "" for b in batches),
+             *(f"{lat[str(b)]['images_per_s']:.0f}" if str(b) in lat else "" for b in batches)] for label, lat in rows]
+    return "\n".join(text_table(head, body))

@@ -16,9 +16,9 @@ import torch
 
 from .export import PARITY_TOL, export_model
 from .faces import DEFAULT_CACHE_DIR, align_rel_paths, default_lfw_images, sample_identity_images
-from .quantize import (embedding_agreement, int8_path, latency_table, load_pairs, onnx_latency, quantize_int8,
-                       verification_accuracy)
-from .runtime import ExportError, OnnxEmbedder, load_export_model
+from distill.models.exported import ExportError, OnnxEmbedder, load_export_model, onnx_latency
+
+from .quantize import embedding_agreement, int8_path, latency_table, load_pairs, quantize_int8, verification_accuracy
 
 Log = Callable[[str], None]
 
@@ -142,14 +142,15 @@ def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *
             eval_pairs = eval_pairs.subset(keep)
             eval_pairs = type(eval_pairs)(remap[eval_pairs.idx_a], remap[eval_pairs.idx_b], eval_pairs.is_same,
                                           eval_pairs.fold)
-        acc = verification_accuracy({"fp32": fp32, "int8": i8}, af.faces, eval_pairs)
-        for v in acc.values():
-            v.pop("embeddings")
-        drop = 100 * (acc["fp32"]["accuracy_mean"] - acc["int8"]["accuracy_mean"])
-        summary["accuracy"] = {**acc, "pairs": str(pairs), "n_pairs": len(eval_pairs), "drop_points": drop}
+        acc, _ = verification_accuracy({"fp32": fp32, "int8": i8}, af.faces, eval_pairs)
+        drop = 100 * (acc["fp32"].accuracy_mean - acc["int8"].accuracy_mean)
+        summary["accuracy"] = {**{k: {f: getattr(v, f) for f in ("accuracy_mean", "accuracy_std", "auc", "eer",
+                                                                     "best_accuracy", "n_pairs", "tar_at_far")}
+                                      for k, v in acc.items()},
+                               "pairs": str(pairs), "n_pairs": len(eval_pairs), "drop_points": drop}
         log(f"verification on {len(eval_pairs)} pairs of {pairs.name}: fp32 "
-            f"{100 * acc['fp32']['accuracy_mean']:.2f}%  int8 {100 * acc['int8']['accuracy_mean']:.2f}%  "
-            f"(drop {drop:+.2f} points; AUC {acc['fp32']['auc']:.4f} -> {acc['int8']['auc']:.4f})")
+            f"{100 * acc['fp32'].accuracy_mean:.2f}%  int8 {100 * acc['int8'].accuracy_mean:.2f}%  "
+            f"(drop {drop:+.2f} points; AUC {acc['fp32'].auc:.4f} -> {acc['int8'].auc:.4f})")
     else:
         log("int8 accuracy not measured" + (" (no pairs file found: pass --pairs FILE)" if evaluate else ""))
     if latency:

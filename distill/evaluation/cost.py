@@ -2,9 +2,9 @@
 
 Example::
 
-    cost = measure_cost(student, input_size=112, fast=True)
-    cost["images_per_s"]          # fp32, batch 32
-    cost["latency"]["bf16"]["32"]["images_per_s"]
+    cost = measure_cost(student, input_size=112, fast=True)   # CostResult
+    cost.images_per_s                                         # fp32, batch 32
+    cost.images_per_s_at("bf16", 32)
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from distill.profile import profile
+
+from .results import CostResult
 
 
 def state_dict_bytes(module: nn.Module) -> int:
@@ -62,23 +64,22 @@ def measure_throughput(module: nn.Module, input_size: int, batch_size: int, *, f
 
 
 def measure_cost(module: nn.Module, input_size: int, *, batch_sizes: tuple[int, ...] = (1, 32),
-                 fast: bool = True, latency: bool = True, warmup: int = 2, repeats: int = 5) -> dict:
-    """Params, mult-adds (:func:`distill.profile.profile`), weight file size and CPU throughput.
+                 fast: bool = True, latency: bool = True, warmup: int = 2, repeats: int = 5) -> CostResult:
+    """Params, mult-adds (:func:`distill.profile.profile`), weight file size (bytes) and CPU throughput.
 
     ``latency["fp32"][str(B)]`` always; ``latency["bf16"]`` too when ``fast``. ``images_per_s`` is
     fp32 at batch 32 (or the largest batch measured); ``None`` when ``latency=False``.
     """
     c = profile(module, input_size)
-    out: dict = {"params": c.params, "mult_adds": c.mult_adds, "input_size": input_size,
-                 "file_bytes": state_dict_bytes(module), "threads": torch.get_num_threads(),
-                 "latency": {}, "images_per_s": None}
+    out = CostResult(c.params, c.mult_adds, input_size, file_bytes=state_dict_bytes(module),
+                     threads=torch.get_num_threads())
     if latency:
         for name, use_fast in (("fp32", False), ("bf16", True)) if fast else (("fp32", False),):
-            out["latency"][name] = {str(b): measure_throughput(module, input_size, b, fast=use_fast,
-                                                               warmup=warmup, repeats=repeats)
-                                    for b in batch_sizes}
-        ref = "32" if "32" in out["latency"]["fp32"] else str(max(batch_sizes))
-        out["images_per_s"] = out["latency"]["fp32"][ref]["images_per_s"]
+            out.latency[name] = {str(b): measure_throughput(module, input_size, b, fast=use_fast,
+                                                            warmup=warmup, repeats=repeats)
+                                 for b in batch_sizes}
+        ref = 32 if 32 in batch_sizes else max(batch_sizes)
+        out.images_per_s = out.images_per_s_at("fp32", ref)
         if fast:
-            out["images_per_s_bf16"] = out["latency"]["bf16"][ref]["images_per_s"]
+            out.images_per_s_bf16 = out.images_per_s_at("bf16", ref)
     return out

@@ -16,37 +16,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from distill.progress import progress_bar
 
 from distill.embedder import Embedder
+from distill.fingerprint import array_digest, state_digest
 from distill.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def model_fingerprint(embedder: Embedder) -> str | None:
-    """What identifies the model's outputs: its own ``fingerprint()`` (teachers), a hash of a wrapped
-    module's state dict (:class:`~distill.embedder.ModuleEmbedder`), or ``None`` when unknown."""
+    """What identifies the model's outputs: its own ``fingerprint()`` (teachers, loaded model files), a
+    digest of a wrapped module's state dict (:class:`~distill.embedder.ModuleEmbedder`), or ``None``."""
     fp = getattr(embedder, "fingerprint", None)
     if callable(fp):
         return str(fp())
     module = getattr(embedder, "module", None)
     if isinstance(module, torch.nn.Module):
-        h = hashlib.sha256(type(module).__qualname__.encode())
-        for k, v in sorted(module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return f"{embedder.name}-{h.hexdigest()[:16]}"
+        return f"{embedder.name}-{type(module).__qualname__}-{state_digest(module.state_dict())}"
     return None
-
-
-def data_fingerprint(faces: np.ndarray, chunk: int = 256) -> str:
-    """Hash of the face pixels (shape, dtype and bytes; memmaps are read in chunks)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{faces.shape}|{faces.dtype}".encode())
-    for i in range(0, len(faces), chunk):
-        h.update(np.ascontiguousarray(faces[i:i + chunk]).tobytes())
-    return h.hexdigest()
 
 
 def cache_path(cache_dir: str | Path, embedder: Embedder, faces: np.ndarray, flip_tta: bool,
@@ -62,7 +50,7 @@ def cache_path(cache_dir: str | Path, embedder: Embedder, faces: np.ndarray, fli
                          "pass cache_key=... that changes whenever its weights change, or cache_dir=None")
     key = {
         "model": model_fp,
-        "data": cache_key if cache_key is not None else data_fingerprint(faces),
+        "data": cache_key if cache_key is not None else array_digest(faces),
         "n": int(len(faces)),
         "preprocessing": embedder.preprocessing.fingerprint(),
         "normalized": bool(embedder.normalized),
@@ -113,7 +101,7 @@ def extract_embeddings(embedder: Embedder, faces: np.ndarray, *, batch_size: int
             log.info("embeddings of %s loaded from %s", embedder.name, path)
             return cached
     chunks: list[np.ndarray] = []
-    bar = tqdm(total=len(faces), desc=f"embed {embedder.name}" + (" +flip" if flip_tta else ""),
+    bar = progress_bar(total=len(faces), desc=f"embed {embedder.name}" + (" +flip" if flip_tta else ""),
                unit="img", disable=not progress, leave=False)
     with torch.inference_mode():
         for i in range(0, len(faces), batch_size):

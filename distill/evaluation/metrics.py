@@ -140,12 +140,14 @@ def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float
 
 @dataclass
 class KFoldResult:
+    """k-fold verification accuracy: mean and population std over folds, each fold's accuracy and threshold."""
     mean: float
     std: float
     accuracies: list[float] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """Plain-JSON form."""
         return asdict(self)
 
 

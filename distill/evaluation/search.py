@@ -89,6 +89,7 @@ def default_nprobe(nlist: int) -> int:
 
 @dataclass
 class IndexInfo:
+    """What a FAISS index is: its kind, metric, size and search parameters."""
     kind: str
     metric: str
     ntotal: int
@@ -149,6 +150,7 @@ def describe_index(index: faiss.Index) -> IndexInfo:
 
 
 def index_metric(index: faiss.Index) -> Metric:
+    """``"ip"`` or ``"l2"``: the metric a FAISS index was built with."""
     return "ip" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
 
 

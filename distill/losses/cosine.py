@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .embedding import _check
+from .registry import LOSS_TERMS
 
 
 def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -19,8 +20,10 @@ def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-8)
     return (1.0 - F.cosine_similarity(student, teacher.detach(), dim=1, eps=eps)).mean()
 
 
+@LOSS_TERMS.register("cosine", description="1 - cosine to the teacher: matches directions")
 class CosineLoss(nn.Module):
-    """Module form of :func:`cosine_loss`."""
+    """Module form of :func:`cosine_loss` (config name ``cosine``)."""
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """``(B, D), (B, D) -> ()``."""
         return cosine_loss(student, teacher)

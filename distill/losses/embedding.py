@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .registry import LOSS_TERMS
+
 
 def squared_l2_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the squared L2 difference summed over the embedding dimension."""
@@ -20,10 +22,12 @@ def squared_l2_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (student - teacher.detach()).pow(2).sum(dim=1).mean()
 
 
+@LOSS_TERMS.register("mse", description="the paper's squared L2 difference to the teacher (sec. 4.7)")
 class SquaredL2Loss(nn.Module):
-    """Module form of :func:`squared_l2_loss`."""
+    """Module form of :func:`squared_l2_loss` (config name ``mse``)."""
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """``(B, D), (B, D) -> ()``."""
         return squared_l2_loss(student, teacher)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .embedding import _check
+from .registry import LOSS_TERMS
 
 
 def pairwise_distances(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -33,8 +34,10 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (ds - dt).pow(2).mean()
 
 
+@LOSS_TERMS.register("relational", description="match the batch's pairwise Euclidean distances")
 class RelationalLoss(nn.Module):
-    """Module form of :func:`relational_loss`."""
+    """Module form of :func:`relational_loss` (config name ``relational``)."""
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """``(B, D), (B, D) -> ()``."""
         return relational_loss(student, teacher)

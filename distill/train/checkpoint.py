@@ -43,6 +43,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states :func:`rng_state` captured."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -59,6 +60,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint (``weights_only``, nothing pickled runs).
+    
+    Raises:
+        CheckpointError: missing or unreadable; the message names the file and what to do."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}; start without resume, or point run_dir at the run to resume")

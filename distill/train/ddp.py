@@ -19,16 +19,19 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistEnv:
+    """This process's place in a torchrun job: rank, local rank, world size."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0 (the rank that writes files and talks)."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """True when more than one process trains."""
         return self.world_size > 1
 
 
@@ -51,11 +54,13 @@ def init_from_env(backend: str | None = None) -> DistEnv:
 
 
 def default_device(env: DistEnv | None = None) -> torch.device:
+    """This rank's device: its CUDA device when there is one, else the CPU."""
     env = env or current()
     return torch.device(f"cuda:{env.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
     if current().distributed:
         dist.barrier()
 

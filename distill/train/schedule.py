@@ -55,6 +55,7 @@ class WarmupCosine:
         self.anchor_step, self.anchor_progress = warmup_steps, 0.0  # the cosine runs from here to total_steps
 
     def progress(self, step: int) -> float:
+        """Fraction of the cosine decay done at ``step`` (0 at the end of warmup, 1 at the end)."""
         span = max(1, self.total_steps - self.anchor_step)
         p = self.anchor_progress + (1.0 - self.anchor_progress) * (step - self.anchor_step) / span
         return min(1.0, max(0.0, p))
@@ -79,5 +80,6 @@ class WarmupCosine:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int) -> LambdaLR:
+    """Linear warmup then half-cosine to zero at ``total_steps`` (:class:`WarmupCosine`); a warmup longer than half the run is halved."""
     warmup = min(settings.warmup_steps, max(0, total_steps // 2))  # short runs: never warm up the whole run
     return LambdaLR(optimizer, WarmupCosine(warmup, total_steps))

@@ -20,7 +20,6 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -31,9 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from distill.progress import progress_bar
 
 from distill.data.views import FaceViews
+from distill.fingerprint import array_digest
 from distill.io import atomic_write, atomic_write_bytes, atomic_write_json
 
 from . import ddp
@@ -59,19 +59,14 @@ def recipe_fingerprint(augment: Any) -> str:
 
 
 def data_fingerprint(views: FaceViews) -> str:
-    """sha256 over the aligned faces (all bytes; ~1 s per GB) and the selected indices."""
-    h = hashlib.sha256()
-    h.update(str(tuple(views.faces.shape)).encode())
-    h.update(np.ascontiguousarray(views.indices).tobytes())
-    faces = views.faces
-    step = max(1, (64 << 20) // max(1, int(np.prod(faces.shape[1:]))))
-    for i in range(0, len(faces), step):
-        h.update(np.ascontiguousarray(faces[i:i + step]).tobytes())
-    return h.hexdigest()[:20]
+    """Digest of the aligned faces (all bytes; ~1 s per GB) and the selected indices."""
+    return array_digest(views.faces, np.asarray(views.indices, dtype=np.int64))
 
 
 def cache_key(teacher_fingerprint: str, views: FaceViews, num_views: int, data_fp: str | None = None) -> dict:
-    return {"format": FORMAT_VERSION, "teacher": teacher_fingerprint, "augment": recipe_fingerprint(views.augment),
+    """The fields that decide whether a cache on disk can be used: teacher, augmentation, seed, data, K, N."""
+    augment = recipe_fingerprint(views.augment) + ("" if views.mix is None else f"+{views.mix.fingerprint()}")
+    return {"format": FORMAT_VERSION, "teacher": teacher_fingerprint, "augment": augment,
             "seed": int(views.seed), "clean_view0": bool(views.clean_view0),
             "data": data_fp or data_fingerprint(views), "num_views": int(num_views), "n": len(views)}
 
@@ -107,13 +102,19 @@ class TeacherCache:
 
     @property
     def num_views(self) -> int:
+        """K, the number of cached views per face."""
         return self.embeddings.shape[1]
 
     @property
     def dim(self) -> int:
+        """D, the teacher's embedding dimension."""
         return self.embeddings.shape[2]
 
     def get(self, indices: torch.Tensor | np.ndarray, view_ids: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Teacher embeddings ``(B, D)`` float32 of faces ``indices`` in views ``view_ids``.
+        
+        Raises:
+            KeyError: a face or view the cache does not hold."""
         idx = np.asarray(indices, dtype=np.int64)
         views = np.asarray(view_ids, dtype=np.int64)
         if idx.size and (idx.max() >= len(self._row) or (rows := self._row[idx]).min() < 0):
@@ -129,6 +130,7 @@ class TeacherCache:
         return self.get(indices, view_ids)
 
     def matches(self, views: FaceViews) -> bool:
+        """Whether the cache was built on exactly these views (same length and face indices)."""
         return len(views) == len(self.face_index) and np.array_equal(np.asarray(views.indices), self.face_index)
 
 
@@ -212,7 +214,7 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
     todo = [c for c in mine if not (chunk_dir / f"{c}.done").exists()]
     if todo:
         emb = np.memmap(data_path, dtype=np.float32, mode="r+", shape=(n, k, d))
-        bar = tqdm(total=len(mine) * k, initial=(len(mine) - len(todo)) * k, desc=desc, unit="batch",
+        bar = progress_bar(total=len(mine) * k, initial=(len(mine) - len(todo)) * k, desc=desc, unit="batch",
                    disable=not dist.is_main)
         for c in todo:
             pos = np.arange(c * chunk, min(n, (c + 1) * chunk))
@@ -255,19 +257,20 @@ def _open_or_reset(path: Path, key: dict, log: Callable[[str], None]) -> Teacher
 
 
 def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_dir: str | Path,
-                        batch_size: int = 64, *, precision: str = "fp32", data_fp: str | None = None,
+                        batch_size: int = 64, *, data_fp: str | None = None,
                         log: Callable[[str], None] = print) -> TeacherCache:
     """Embed views ``0..num_views-1`` of every face in ``views`` with ``teacher`` once; reuse when valid.
 
     Args:
         teacher: anything with ``.embed(uint8 NHWC) -> (B, D)``, ``.fingerprint()`` and ``.embedding_dim``.
         views: the FaceViews the student will train on (same augmentation, seed and faces).
-        precision: "bf16" runs the teacher under bf16 autocast (the embeddings are stored as float32).
+        The teacher runs in its own precision (``teacher.precision``, part of its fingerprint); the
+        embeddings are stored as float32.
         data_fp: a known fingerprint of the aligned faces (skips hashing them).
 
     Example::
 
-        cache = build_teacher_cache(teacher, views, 4, cfg.data.cache_dir / "teacher", precision="bf16")
+        cache = build_teacher_cache(teacher, views, 4, cfg.data.cache_dir / "teacher")
     """
     key = cache_key(teacher.fingerprint(), views, num_views, data_fp)
     path = _key_dir(Path(cache_dir), key)
@@ -279,9 +282,7 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
 
     def compute(pos: np.ndarray, view_id: int) -> np.ndarray:
         faces = torch.stack([views[(int(p), view_id)][0] for p in pos]).to(device)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        with ctx:
-            return teacher.embed(faces).float().cpu().numpy()
+        return teacher.embed(faces).float().cpu().numpy()
 
     return _fill(path, key, (len(views), num_views, int(teacher.embedding_dim)), np.asarray(views.indices),
                  compute, batch_size, f"teacher cache ({teacher.name}, K={num_views})")

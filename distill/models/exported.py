@@ -1,26 +1,29 @@
-"""Run exported models: metadata, :class:`OnnxEmbedder`, :class:`TorchScriptEmbedder`, and
-:func:`load_embedder` that turns any model reference into an :class:`~distill.embedder.Embedder`.
+"""Exported model files (ONNX, TorchScript): their metadata record and how to run them.
 
 An exported model's input is the *preprocessed* float tensor ``(B, 3, S, S)``, RGB, NCHW,
 ``(pixel - mean) / std`` with mean/std in 0..255 units, computed from a face aligned with the
 recorded template and resized to ``S``; its output is the ``(B, D)`` embedding. Everything needed
 to feed it is recorded in the file (ONNX ``metadata_props`` / TorchScript extra file
-``facedistill.json``); :func:`read_metadata` reads either.
+``facedistill.json``); :func:`read_metadata` reads either. :func:`export_graph` turns a student
+file into the graph that is exported, with that record.
 
 Example::
 
-    emb = load_embedder("runs/r1/student.onnx")          # or student.pt, model.ts, "teacher:dlib_resnet"
+    emb = OnnxEmbedder("runs/r1/student.onnx")
     vectors = emb.embed(torch.from_numpy(aligned_faces))   # (B, D) float32
     meta = read_metadata("runs/r1/student.onnx")           # {"input_size": 112, "distance": "cosine", ...}
+    lat = onnx_latency("runs/r1/student.onnx", batch_sizes=(1, 32))
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
+import statistics
+import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill.embedder import ModuleEmbedder
+from distill.errors import InputError, MissingInputError
+from distill.evaluation.results import CostResult
 from distill.preprocess import Preprocessing
+
+from .student import SavedStudent, StudentSpec, load_student
 
 #: format tag of the metadata written into every exported model
 METADATA_FORMAT = "facedistill-export-v1"
@@ -37,10 +44,9 @@ METADATA_KEY = "facedistill.json"
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 INPUT_DOC = ("float32 (B, 3, S, S), RGB, NCHW: an aligned face resized to S (bilinear, antialiased) and "
              "normalised (pixel - mean) / std with mean/std in 0..255 units, per channel")
-TEACHER_PREFIX = "teacher:"
 
 
-class ExportError(ValueError):
+class ExportError(InputError, ValueError):
     """A model file or reference cannot be exported or loaded; the message says what to do."""
 
 
@@ -60,6 +66,7 @@ def flat_metadata(meta: dict[str, Any]) -> dict[str, str]:
 
 
 def preprocessing_of(meta: dict[str, Any]) -> Preprocessing:
+    """The :class:`~distill.preprocess.Preprocessing` an exported model's metadata records."""
     p = meta["preprocessing"]
     return Preprocessing(input_size=int(p["input_size"]), mean=tuple(float(v) for v in p["mean"]),
                          std=tuple(float(v) for v in p["std"]), alignment=p["alignment"])
@@ -76,7 +83,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata record of an exported ``.onnx`` or TorchScript file (see the module docs)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exported model {path} does not exist")
+        raise MissingInputError(f"exported model {path} does not exist")
     if _is_torchscript(path):
         extra = {METADATA_KEY: ""}
         with warnings.catch_warnings():
@@ -139,6 +146,7 @@ class OnnxEmbedder:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned uint8 faces ``(B, H, W, 3)`` -> ``(B, D)`` float32 via onnxruntime."""
         return torch.from_numpy(self.run(self.preprocessing(faces).numpy()))
 
 
@@ -158,15 +166,20 @@ class TorchScriptEmbedder:
         self.precision = "torchscript-fp32"
 
     def fingerprint(self) -> str:
+        """The source weights' fingerprint (+ precision), as for ONNX exports."""
         return model_identity(self.meta)
 
     @torch.no_grad()
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """Aligned uint8 faces ``(B, H, W, 3)`` -> ``(B, D)`` float32."""
         return self.module(self.preprocessing(faces)).float()
 
 
 class StudentEmbedder(ModuleEmbedder):
-    """A student checkpoint (``student.pt``) as an embedder whose fingerprint matches its exports."""
+    """A student file (``student.pt``) as an embedder whose fingerprint matches its fp32 exports.
+
+    ``module`` is the exported graph (student, plus the projection when asked for).
+    """
 
     def __init__(self, module: nn.Module, preprocessing: Preprocessing, *, name: str, normalized: bool,
                  fingerprint: str, embedding_dim: int) -> None:
@@ -174,10 +187,11 @@ class StudentEmbedder(ModuleEmbedder):
         self._fingerprint, self.embedding_dim = fingerprint, embedding_dim
 
     def fingerprint(self) -> str:
+        """Equal to the fingerprint of this student's fp32 exports (a gallery accepts either)."""
         return self._fingerprint
 
 
-# --------------------------------------------------------------------------- checkpoints -> graph
+# --------------------------------------------------------------------------- student file -> graph
 class ExportModel(nn.Module):
     """Student + optional projection into the teacher's space (+ L2 normalisation): the exported graph."""
 
@@ -189,6 +203,7 @@ class ExportModel(nn.Module):
         self.normalize_projection = normalize_projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed ``(B, 3, S, S)`` -> ``(B, D)`` embeddings."""
         e = self.student(x)
         if self.projection is not None:
             e = self.projection(e)
@@ -197,87 +212,111 @@ class ExportModel(nn.Module):
         return e
 
 
-def _hash_state(*states: dict[str, torch.Tensor] | None) -> str:
-    h = hashlib.sha256()
-    for state in states:
-        for k, v in sorted((state or {}).items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def model_identity(meta: dict[str, Any]) -> str:
     """What a gallery compares to decide "same model": source fingerprint, plus precision unless fp32."""
     return meta["fingerprint"] + ("" if meta["precision"] == "fp32" else f"-{meta['precision']}")
 
 
-def load_export_model(checkpoint: str | Path, *, with_projection: bool = False
-                      ) -> tuple[ExportModel, dict[str, Any]]:
-    """A student checkpoint as the graph to export, and its metadata record (fp32).
+def export_graph(saved: SavedStudent, *, with_projection: bool = False, source: str = ""
+                 ) -> tuple[ExportModel, dict[str, Any]]:
+    """The graph to export for a loaded student file, and its metadata record (fp32).
 
-    ``with_projection`` appends the trained student->teacher projection (when the checkpoint has
-    one), so embeddings land in the teacher's space and its galleries.
+    ``with_projection`` appends the trained student->teacher projection, so embeddings land in the
+    teacher's space and its galleries.
+
+    Raises:
+        ExportError: ``with_projection`` but the file has no projection.
     """
-    from distill.pipeline import load_student
-
-    student, spec, pre, state = load_student(Path(checkpoint))
-    teacher = dict(state.get("teacher") or {})
-    normalized = bool(spec.kwargs.get("normalize", True))
-    projection, proj_state = None, None
+    teacher = saved.teacher
+    normalized = saved.normalized
+    projection = None
     if with_projection:
-        proj_state = state.get("projection")
+        proj_state = saved.projection
         if not proj_state:
-            raise ExportError(f"{checkpoint} has no projection head (the student was trained in the teacher's "
-                              f"dimension); export without --with-projection")
+            raise ExportError(f"{source or saved.name} has no projection head (the student was trained in the "
+                              f"teacher's dimension); export without --with-projection")
         w = proj_state["weight"]
         projection = nn.Linear(w.shape[1], w.shape[0], bias="bias" in proj_state)
         projection.load_state_dict(proj_state)
         normalized = bool(teacher.get("normalized", normalized))
-    model = ExportModel(student, projection, normalize_projection=normalized).eval()
-    with torch.no_grad():
-        dim = int(model(torch.zeros(2, 3, pre.input_size, pre.input_size)).shape[1])
-    name = f"{spec.name}-{pre.input_size}"
+    model = ExportModel(saved.module, projection, normalize_projection=normalized).eval()
+    dim = int(projection.out_features) if projection is not None else saved.embedding_dim
+    spec = saved.spec
     meta = {
-        "format": METADATA_FORMAT, "name": name, "student": {"name": spec.name, "kwargs": spec.kwargs},
-        "preprocessing": pre.to_dict(), "input": INPUT_DOC, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "embedding_dim": dim, "normalized": normalized,
+        "format": METADATA_FORMAT, "name": saved.name,
+        "student": None if spec is None else {"name": spec.name, "kwargs": spec.kwargs},
+        "preprocessing": saved.preprocessing.to_dict(), "input": INPUT_DOC, "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME, "embedding_dim": dim, "normalized": normalized,
         "distance": "cosine" if normalized else "euclidean",
         "space": f"teacher:{teacher.get('name')}" if projection is not None else "student",
         "teacher": teacher, "precision": "fp32",
-        "fingerprint": f"{name}-{_hash_state(state['state_dict'], proj_state)}",
-        "source": str(checkpoint),
+        "fingerprint": saved.fingerprint(with_projection=projection is not None),
+        "source": source,
     }
     return model, json.loads(json.dumps(meta))  # exactly what a reader of the file gets back (lists, not tuples)
 
 
-# --------------------------------------------------------------------------- any reference -> embedder
-def load_embedder(ref: str | Path, *, with_projection: bool = False) -> Any:
-    """An :class:`~distill.embedder.Embedder` for ``ref``:
+def load_export_model(checkpoint: str | Path, *, with_projection: bool = False
+                      ) -> tuple[ExportModel, dict[str, Any]]:
+    """:func:`export_graph` of the student file ``checkpoint``."""
+    return export_graph(load_student(checkpoint), with_projection=with_projection, source=str(checkpoint))
 
-    * ``teacher:NAME`` - a registered teacher with its default real weights, in fp32;
-    * ``*.onnx`` - :class:`OnnxEmbedder`; a TorchScript export - :class:`TorchScriptEmbedder`;
-    * a ``student.pt`` checkpoint - :class:`StudentEmbedder` (same fingerprint as its fp32 exports).
-    """
-    s = str(ref)
-    if s.startswith(TEACHER_PREFIX):
-        from teachers import build_teacher
 
-        teacher = build_teacher(s[len(TEACHER_PREFIX):], precision="fp32")
-        if not getattr(teacher, "can_embed", True):
-            raise ExportError(f"teacher {s!r} cannot embed images (it is a black box of precomputed embeddings)")
-        return teacher
-    path = Path(s)
-    if not path.is_file():
-        raise FileNotFoundError(f"model {path} does not exist (give a student.pt checkpoint, an exported "
-                                f".onnx / TorchScript file, or teacher:NAME)")
-    if path.suffix.lower() == ".onnx":
-        return OnnxEmbedder(path)
-    if _is_torchscript(path):
-        return TorchScriptEmbedder(path)
-    model, meta = load_export_model(path, with_projection=with_projection)
+def student_embedder(saved: SavedStudent, *, with_projection: bool = False, source: str = "") -> StudentEmbedder:
+    """A loaded student file as an embedder with the same fingerprint as its fp32 exports."""
+    model, meta = export_graph(saved, with_projection=with_projection, source=source)
     return StudentEmbedder(model, preprocessing_of(meta), name=meta["name"], normalized=meta["normalized"],
                            fingerprint=model_identity(meta), embedding_dim=meta["embedding_dim"])
 
 
-def embedder_dim(embedder: Any) -> int | None:
-    return getattr(embedder, "embedding_dim", None)
+# --------------------------------------------------------------------------- latency and cost
+def onnx_latency(path: str | Path, *, batch_sizes: Iterable[int] = (1, 32), warmup: int = 2, repeats: int = 10,
+                 threads: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Median onnxruntime wall time per batch on random preprocessed input (CPU provider).
+
+    Returns ``{str(batch): {"ms_per_batch", "ms_per_image", "images_per_s", "repeats"}}`` (ms, images/s).
+    """
+    emb = OnnxEmbedder(path, threads=threads)
+    size = emb.preprocessing.input_size
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, float]] = {}
+    for b in batch_sizes:
+        x = rng.standard_normal((b, 3, size, size), dtype=np.float32)
+        for _ in range(warmup):
+            emb.run(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            emb.run(x)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        out[str(b)] = {"ms_per_batch": med * 1e3, "ms_per_image": med * 1e3 / b, "images_per_s": b / med,
+                       "repeats": repeats}
+    return out
+
+
+def onnx_cost(path: str | Path, *, batch_sizes: Sequence[int] = (1, 32), latency: bool = True) -> CostResult:
+    """The cost (:class:`~distill.evaluation.results.CostResult`) of an exported ONNX file.
+
+    Params and mult-adds of the architecture (rebuilt from the metadata's student spec), file size
+    in bytes, and onnxruntime latency under ``latency["onnx-<precision>"]`` (``images_per_s`` = the
+    largest batch).
+
+    Raises:
+        ExportError: the metadata records no registered architecture to count.
+    """
+    from distill.profile import profile
+
+    meta = read_metadata(path)
+    size = int(meta["preprocessing"]["input_size"])
+    if not meta.get("student"):
+        raise ExportError(f"{path}: the metadata records no student architecture (exported from an unregistered "
+                          f"class), so its params and mult-adds cannot be counted")
+    c = profile(StudentSpec(meta["student"]["name"], dict(meta["student"]["kwargs"])).build(), size)
+    out = CostResult(c.params, c.mult_adds, size, file_bytes=Path(path).stat().st_size,
+                     threads=torch.get_num_threads(), runtime=f"onnxruntime {meta['precision']}")
+    if latency:
+        lat = onnx_latency(path, batch_sizes=batch_sizes)
+        out.latency[f"onnx-{meta['precision']}"] = lat
+        out.images_per_s = lat[str(max(batch_sizes))]["images_per_s"]
+    return out

@@ -1,0 +1,139 @@
+"""From a config to training faces: where the images are, the identity-disjoint split, alignment.
+
+:func:`resolve_sources` decides once per run where training and evaluation images live
+(generating the synthetic set or downloading LFW when the config says so);
+:func:`identity_split` splits the training root so that no evaluation person is trained on;
+:func:`prepare_train` aligns the training images (through the cache) and records what happened.
+
+Example::
+
+    sources = resolve_sources(cfg, print)
+    train = prepare_train(cfg, "dlib_150", print, sources=sources, run_dir=run_dir)
+    train.faces.shape        # (N, 150, 150, 3) uint8 memmap
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from distill.config import Config, ConfigError, PairsSpec
+from distill.io import atomic_write_json
+
+from .align import AlignedFaces, align_images
+from .folders import ImageList, save_image_list, scan_identity_folder
+from .splits import Split, identity_disjoint_split
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Sources:
+    """Where a run's images live (resolved once per run, shared by training and evaluation).
+
+    Attributes:
+        root: the training images' identity-folder root.
+        eval_root: where the evaluation protocols' images live.
+        specs: the evaluation protocols (the synthetic set brings its own).
+        exclude: pairs files whose people are never trained on.
+        synthetic: the generated set, or None for a folder.
+    """
+
+    root: Path
+    eval_root: Path
+    specs: list[PairsSpec]
+    exclude: list[Path]
+    synthetic: Any = None
+
+
+@dataclass
+class TrainData:
+    """Aligned training faces: ``faces`` uint8 ``(N, S, S, 3)``, their paths and labels, and the record."""
+
+    images: ImageList
+    faces: np.ndarray
+    rel_paths: list[str]
+    labels: np.ndarray
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def align(cfg: Config, root: Path, images: ImageList | list[str], template: str, log: Log) -> AlignedFaces:
+    """Align ``images`` under ``root`` to ``template`` with the config's backend, no-face policy and cache."""
+    rel = images.rel_paths if isinstance(images, ImageList) else list(images)
+    faces = align_images(root, rel, template=template, backend=cfg.data.align_backend,
+                         cache_dir=cfg.data.cache_dir / "aligned", no_face=cfg.data.no_face, workers=cfg.data.workers)
+    log(f"aligned {len(rel)} images from {root}: {faces.record.summary()}")
+    return faces
+
+
+def resolve_sources(cfg: Config, log: Log) -> Sources:
+    """Where this run's images are: generate the synthetic set or download LFW if the config asks (once)."""
+    if cfg.data.source == "synthetic":
+        from .synthetic import generate_synthetic, synthetic_dir
+
+        sy = cfg.data.synthetic
+        params = dict(identities=sy.identities, images_per_identity=sy.images_per_identity, seed=sy.seed,
+                      size=sy.size, test_fraction=sy.test_fraction)
+        synth = generate_synthetic(synthetic_dir(cfg.data.cache_dir, **params), **params)
+        log(f"synthetic identities: {len(synth.identities)} ({'re-used' if synth.reused else 'generated'}) "
+            f"in {synth.root}")
+        specs = list(cfg.eval.pairs) or [PairsSpec(file=synth.test_pairs_path, name="synthetic-test")]
+        return Sources(synth.root, synth.root, specs, [synth.test_pairs_path, *cfg.data.exclude_identities_in],
+                       synth)
+    if cfg.eval.download_lfw and cfg.eval.pairs:
+        from .download import ensure_lfw
+
+        for lfw in dict.fromkeys(s.file.parent for s in cfg.eval.pairs if s.file is not None):
+            ensure_lfw(lfw, download=True)
+    assert cfg.data.root is not None
+    exclude = list(cfg.data.exclude_identities_in)
+    eval_root = Path(cfg.eval.images_root or cfg.data.root)
+    if eval_root.resolve() == cfg.data.root.resolve():
+        # evaluation people live in the training folder: never train on them
+        people_files = [s.only_people_in or s.file for s in cfg.eval.pairs if not s.teacher_only and s.file]
+        exclude += [f for f in dict.fromkeys(people_files) if f not in exclude]
+    return Sources(cfg.data.root, eval_root, list(cfg.eval.pairs), exclude)
+
+
+def identity_split(cfg: Config, sources: Sources, images: ImageList) -> Split:
+    """The run's identity-disjoint split of ``images`` (deterministic: the same every time for a config)."""
+    if sources.exclude or cfg.data.holdout_fraction is not None:
+        return identity_disjoint_split(images, exclude_pairs=sources.exclude,
+                                       holdout_fraction=cfg.data.holdout_fraction, seed=cfg.seed)
+    # evaluation images come from another root (e.g. train on VGGFace2, test on LFW)
+    return Split(images, [], {"identity_disjoint": f"by data set: evaluation images are under {sources.eval_root}, "
+                              f"training images under {sources.root}",
+                              "train_images": len(images), "held_out_identities": 0})
+
+
+def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None = None,
+                  sources: Sources | None = None) -> TrainData:
+    """Scan, split (identity-disjoint), cap and align the training images; write the split into ``run_dir``."""
+    sources = sources or resolve_sources(cfg, log)
+    for i, spec in enumerate(sources.specs):
+        if spec.folder is not None and spec.folder.resolve() == sources.root.resolve() and not spec.teacher_only:
+            raise ConfigError(f"eval.pairs[{i}].folder is data.root ({sources.root}): every person would be held "
+                              f"out of training. Evaluate on people the student never saw: another folder, or "
+                              f"data.holdout_fraction (held-out people of data.root are then evaluated)")
+    images = scan_identity_folder(sources.root)
+    split = identity_split(cfg, sources, images)
+    train = split.train
+    if cfg.data.max_train_images and len(train) > cfg.data.max_train_images:
+        pick = np.random.default_rng(cfg.seed).choice(len(train), cfg.data.max_train_images, replace=False)
+        train = train.subset(np.sort(pick))
+    skipped = images.skipped_identities
+    log(f"training set: {len(train)} images of {train.num_identities} identities "
+        f"({len(split.held_out)} identities held out for testing"
+        + (f"; {len(skipped)} identity folders skipped, no usable image: {', '.join(skipped[:5])}"
+           f"{', ...' if len(skipped) > 5 else ''}; see data_record.json" if skipped else "") + ")")
+    aligned = align(cfg, sources.root, train, template, log)
+    record = {"split": split.record, "train_images": len(train), "train_identities": train.num_identities,
+              "aligned_train_faces": len(aligned), "alignment": aligned.record.to_dict(),
+              "skipped_identity_folders": skipped,
+              "skipped_while_scanning": [list(s) for s in images.skipped]}
+    if run_dir is not None:
+        save_image_list(train, run_dir / "split" / "train_images.json")
+        atomic_write_json(run_dir / "split" / "split.json", split.record)
+    return TrainData(train, aligned.faces, aligned.rel_paths, train.labels[aligned.indices], record)

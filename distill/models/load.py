@@ -1,0 +1,57 @@
+"""The one loader: any model reference -> an :class:`~distill.embedder.Embedder`.
+
+References:
+
+* ``teacher:NAME``: a registered teacher with its default real weights, in fp32;
+* ``*.onnx``: :class:`~distill.models.exported.OnnxEmbedder`; a TorchScript export:
+  :class:`~distill.models.exported.TorchScriptEmbedder`;
+* a student file (``student.pt``): :class:`~distill.models.exported.StudentEmbedder`, whose
+  fingerprint equals its fp32 exports' (galleries accept either).
+
+Every embedder has ``name``, ``preprocessing``, ``normalized``, ``embedding_dim`` and
+``fingerprint()``; student embedders also carry ``module`` (for cost measurement) and ONNX ones
+``path``.
+
+Example::
+
+    emb = load_embedder("runs/r1/student.pt")
+    vectors = emb.embed(torch.from_numpy(aligned_faces))     # (B, D) float32
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.errors import MissingInputError
+
+from .exported import ExportError, OnnxEmbedder, TorchScriptEmbedder, _is_torchscript, student_embedder
+from .student import load_student
+
+#: prefix of a model reference that names a registered teacher
+TEACHER_PREFIX = "teacher:"
+
+
+def load_embedder(ref: str | Path, *, with_projection: bool = False) -> Any:
+    """An embedder for ``ref`` (see the module docs).
+
+    Raises:
+        MissingInputError: ``ref`` is neither ``teacher:NAME`` nor an existing file.
+        ExportError / StudentFileError: the file is not a model facedistill can run.
+    """
+    s = str(ref)
+    if s.startswith(TEACHER_PREFIX):  # a model reference names a registered teacher: resolved here
+        from teachers import build_teacher
+
+        teacher = build_teacher(s[len(TEACHER_PREFIX):], precision="fp32")
+        if not getattr(teacher, "can_embed", True):
+            raise ExportError(f"teacher {s!r} cannot embed images (it is a black box of precomputed embeddings)")
+        return teacher
+    path = Path(s)
+    if not path.is_file():
+        raise MissingInputError(f"model {path} does not exist (give a student.pt checkpoint, an exported "
+                                f".onnx / TorchScript file, or teacher:NAME)")
+    if path.suffix.lower() == ".onnx":
+        return OnnxEmbedder(path)
+    if _is_torchscript(path):
+        return TorchScriptEmbedder(path)
+    return student_embedder(load_student(path), with_projection=with_projection, source=str(path))

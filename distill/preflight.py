@@ -1,0 +1,61 @@
+"""Fail fast: name every missing weight file and data folder a config needs, before any heavy work.
+
+Example::
+
+    problems = find_problems(cfg)        # [] when everything is there (never downloads)
+    preflight(cfg)                       # raises MissingArtifactsError listing them all
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.config import PATH_RULE, Config
+from distill.errors import InputError
+from distill.resolve import teacher_weight_problems
+
+
+class MissingArtifactsError(InputError, FileNotFoundError):
+    """Weights or data the config needs are not here and cannot be fetched now (CLI exit code 2)."""
+
+
+def preflight(cfg: Config) -> None:
+    """Raise :class:`MissingArtifactsError` naming every missing artifact and how to get it; nothing is computed."""
+    problems = find_problems(cfg)
+    if problems:
+        raise MissingArtifactsError(
+            "cannot start; nothing was computed. Missing:\n" + "\n".join(f"  - {p}" for p in problems)
+            + f"\n(Paths: {PATH_RULE}.)"
+            + "\nTo try the product fully offline, run `distill run configs/quickstart.yaml` "
+              "(synthetic faces, the dlib teacher shipped on PyPI).")
+
+
+def find_problems(cfg: Config) -> list[str]:
+    """Every missing weight file or data folder the config needs (never downloads)."""
+    problems = teacher_weight_problems(cfg)
+    if cfg.data.source == "folder":
+        if cfg.data.root is None:
+            problems.append("data.root must name an identity-folder tree when data.source is 'folder'")
+        elif not cfg.data.root.is_dir():
+            problems.append(f"training faces: data.root {cfg.data.root} does not exist (an identity-folder tree "
+                            f"root/<identity>/<image>; set data.root, or the environment variable the config uses)")
+        for p in cfg.data.exclude_identities_in:
+            if not p.is_file() and not cfg.eval.download_lfw:
+                problems.append(f"data.exclude_identities_in: {p} does not exist")
+    missing: list[str] = []
+    for i, spec in enumerate(cfg.eval.pairs):
+        if spec.folder is not None:
+            if not spec.folder.is_dir():
+                problems.append(f"evaluation data: eval.pairs[{i}].folder {spec.folder} is not a folder")
+            continue
+        missing += [str(f) for f in (spec.file, spec.only_people_in) if f is not None and not f.is_file()]
+    root = cfg.eval.images_root or cfg.data.root
+    if any(s.file is not None for s in cfg.eval.pairs) and root is not None and not Path(root).is_dir():
+        missing.append(f"{root}/ (eval.images_root)")
+    if missing and cfg.eval.download_lfw:
+        from distill.data.download import LFW_URL, is_reachable
+
+        if is_reachable(LFW_URL):
+            missing = []  # downloaded when the data is prepared
+        else:
+            missing = [f"{m} (LFW download from {LFW_URL} impossible: offline)" for m in missing]
+    return problems + [f"evaluation data: {m} is missing" for m in dict.fromkeys(missing)]
