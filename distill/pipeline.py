@@ -87,7 +87,7 @@ def _teacher_source(teacher: Any, views: FaceViews, train: TrainData, cfg: Confi
                                   teacher.embedding_dim, views, cfg.data.cache_dir / "teacher", log=log)
     if cfg.train.teacher_mode == "cached":
         return build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
-                                   batch_size=cfg.teacher.batch_size, log=log)
+                                   batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log)
     return OnlineTeacher(teacher)
 
 
@@ -238,7 +238,7 @@ def cache_teacher(cfg: Config, log: Log = print) -> Any:
     train = prepare_train(cfg, template, log)
     views = _views(train.faces, cfg)
     cache = build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
-                                batch_size=cfg.teacher.batch_size, log=log)
+                                batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log)
     log(f"teacher cache ready: {len(views)} images x {cfg.train.cache_views} views x {teacher.embedding_dim}-D")
     return cache
 

@@ -6,7 +6,6 @@ runs in-process, its exit code and message asserted.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

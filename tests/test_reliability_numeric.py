@@ -7,7 +7,6 @@ built, before training, and the cache is never marked complete.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise _usage("--int8 needs --format onnx (int8 uses onnxruntime's static quantisation)")
     if not args.checkpoint.is_file():
         raise _usage(f"checkpoint {args.checkpoint} does not exist (the deployable student is RUN/student.pt)")
+    from .int8_check import Int8Tolerance
+
     summary = export_student(
         args.checkpoint, args.output, args.format, int8=args.int8, int8_out=args.int8_output,
+        recipe=args.int8_recipe, layers=args.layers,
+        tolerance=Int8Tolerance(args.max_accuracy_drop, args.max_tar_drop, args.min_cosine),
         with_projection=args.with_projection, parity_images=args.parity_images, parity_count=args.parity_count,
         calib_images=args.calib_images, calib_count=args.calib_count, calibrate=args.calibrate, pairs=args.pairs,
         images_root=args.images_root, max_pairs=args.max_pairs, evaluate=not args.no_accuracy,
         align_backend=args.align_backend,
         cache_dir=args.cache_dir, latency=not args.no_latency, latency_batches=args.latency_batches)
-    if args.json:
-        atomic_write_json(args.json, _jsonable(summary))
-        print(f"summary -> {args.json}")
+    record = args.json or Path(str(args.output) + ".export.json")
+    atomic_write_json(record, _jsonable(summary))
+    print(f"export record -> {record}")
+    if summary.get("int8", {}).get("within_tolerance") is False and not args.allow_accuracy_loss:
+        print("distill: error: the int8 file misses the accuracy tolerance (see above); it was written anyway. "
+              "Pass --allow-accuracy-loss to accept it, or ship the fp32 file.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -174,14 +183,21 @@ def _align_args(p: argparse.ArgumentParser) -> None:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``export`` and ``gallery build|search`` to the ``distill`` sub-command parsers."""
+    _export_parser(subparsers)
+    _gallery_parser(subparsers)
+
+
+def _export_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "export", help="export a student to ONNX or TorchScript (parity-checked; optional int8)",
         description="Export RUN/student.pt as one graph (student + embedding head + normalisation) with dynamic "
                     "batch. Input: the preprocessed float tensor (B,3,S,S), RGB, (pixel - mean)/std; input size, "
                     "mean/std, alignment template, embedding dim, normalisation and distance are stored in the "
                     "file's metadata. The export is run on real aligned faces and must match PyTorch within "
-                    "1e-4. --int8 adds a statically quantised ONNX model (QDQ, per-channel) and prints the "
-                    "verification accuracy and latency of both.")
+                    "1e-4. --int8 adds a statically quantised ONNX model (the recommended recipe) and prints "
+                    "fp32 and int8 side by side: accuracy on the pairs, TAR@FAR=1e-3 on every pair of their "
+                    "people, cosine of int8 to fp32, latency; writes them into the export record; and exits 1 "
+                    "when int8 misses the tolerance, unless --allow-accuracy-loss (the file is written anyway).")
     p.add_argument("checkpoint", type=Path, help="student checkpoint (RUN/student.pt)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default onnx")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="exported model file")
@@ -198,6 +214,20 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--calib-count", type=int, default=256, help="calibration faces (default 256)")
     p.add_argument("--calibrate", choices=("minmax", "entropy", "percentile"), default="minmax",
                    help="activation range calibration (default minmax)")
+    p.add_argument("--int8-recipe", choices=("recommended", "plain"), default="recommended",
+                   help="recommended (default): head, stem and last block in fp32, activation equalisation and "
+                        "output bias correction (docs/int8.md); plain: onnxruntime's default quantisation")
+    p.add_argument("--layers", action="store_true",
+                   help="print and record the int8-vs-fp32 error of every layer (which to keep in fp32)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="POINTS",
+                   help="int8 tolerance: accuracy points it may lose on the pairs (default 0.5)")
+    p.add_argument("--max-tar-drop", type=float, default=2.0, metavar="POINTS",
+                   help="int8 tolerance: TAR@FAR=1e-3 points it may lose on every pair of the pairs' people "
+                        "(default 2)")
+    p.add_argument("--min-cosine", type=float, default=0.99,
+                   help="int8 tolerance: mean cosine of int8 to fp32 embeddings (default 0.99)")
+    p.add_argument("--allow-accuracy-loss", action="store_true",
+                   help="exit 0 even when the int8 file misses the tolerance (it is always written)")
     p.add_argument("--pairs", type=Path, metavar="FILE",
                    help="LFW-format pairs file for the fp32 vs int8 accuracy (default: LFW pairsDevTest.txt)")
     p.add_argument("--images-root", type=Path, metavar="DIR",
@@ -207,10 +237,14 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--latency-batches", type=_batches, default=(1, 32), metavar="B,B",
                    help="batch sizes for the latency measurement (default 1,32)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="where to write the export record (default: FILE.export.json beside the export)")
     _align_args(p)
     p.set_defaults(func=cmd_export)
 
+
+
+def _gallery_parser(subparsers: Any) -> None:
     g = subparsers.add_parser("gallery", help="build or search a FAISS gallery of known faces",
                               description="Enrol identity folders into a FAISS gallery and search it with photos.")
     gsub = g.add_subparsers(dest="gallery_command", metavar="ACTION")

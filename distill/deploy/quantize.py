@@ -59,12 +59,16 @@ class FaceCalibrationReader:
 
 
 def quantize_int8(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarray, *, method: str = "minmax",
-                  per_channel: bool = True, batch_size: int = 32) -> dict[str, Any]:
+                  per_channel: bool = True, batch_size: int = 32, recipe: Any = None) -> dict[str, Any]:
     """Statically quantise ``fp32_path`` to int8 (QDQ, per-channel) into ``out``, calibrated on ``calib_faces``.
 
     The metadata of the fp32 model is carried over with ``precision="int8"`` and the calibration
-    recorded. Returns ``{"path", "bytes", "calibration"}``.
+    recorded. Returns ``{"path", "bytes", "calibration"}``. ``recipe``: an
+    :class:`~distill.deploy.int8.Int8Recipe` (e.g. ``int8.RECOMMENDED``: flagship TAR@1e-3 -1.1 points,
+    cosine to fp32 0.999, docs/int8.md); ``None`` keeps the plain onnxruntime quantisation below.
     """
+    if recipe is not None:
+        return quantize_int8_recipe(fp32_path, out, calib_faces, recipe, method=method, per_channel=per_channel)
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -89,6 +93,43 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarra
         proto = onnx.load(str(q_path))
     calibration = {"faces": int(len(calib_faces)), "method": method, "per_channel": per_channel,
                    "format": "QDQ", "activations": "int8", "weights": "int8"}
+    qmeta = {**meta, "precision": "int8", "calibration": calibration}
+    data = with_onnx_metadata(proto, qmeta).SerializeToString()
+    atomic_write_bytes(out, data)
+    return {"path": Path(out), "bytes": len(data), "calibration": calibration}
+
+
+def quantize_int8_recipe(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarray, recipe: Any, *,
+                         method: str | None = None, per_channel: bool | None = None) -> dict[str, Any]:
+    """:func:`quantize_int8` with an :class:`~distill.deploy.int8.Int8Recipe` (``method`` / ``per_channel``
+    override its calibration method / weight granularity when given). ``calib_faces``: aligned uint8
+    training faces ``(N, S0, S0, 3)``, preprocessed here like the model's input. The file carries the
+    fp32 metadata with ``precision="int8"`` and ``calibration`` = the recipe, the faces and the fp32 nodes.
+    """
+    from dataclasses import replace
+
+    import onnx
+
+    from .int8 import quantize_recipe
+
+    if method is not None and method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+    if len(calib_faces) == 0:
+        raise ValueError("int8 calibration needs aligned faces; none were given")
+    meta = read_metadata(fp32_path)
+    if meta["precision"] != "fp32":
+        raise ValueError(f"{fp32_path} is already {meta['precision']}; quantise the fp32 export")
+    recipe = replace(recipe, calibrate=method or recipe.calibrate,
+                     per_channel=recipe.per_channel if per_channel is None else per_channel)
+    pre = preprocessing_of(meta)
+    x = np.concatenate([pre(torch.from_numpy(np.array(calib_faces[i:i + 256], dtype=np.uint8))).numpy()
+                        for i in range(0, len(calib_faces), 256)])
+    with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
+        q = quantize_recipe(fp32_path, Path(tmp) / "int8.onnx", x, recipe)
+        proto = onnx.load(str(q.path))
+    calibration = {"faces": int(len(calib_faces)), "method": recipe.calibrate, "per_channel": recipe.per_channel,
+                   "format": recipe.quant_format, "activations": recipe.activations, "weights": "int8",
+                   **{k: v for k, v in q.record().items() if k != "faces"}}
     qmeta = {**meta, "precision": "int8", "calibration": calibration}
     data = with_onnx_metadata(proto, qmeta).SerializeToString()
     atomic_write_bytes(out, data)

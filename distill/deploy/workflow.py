@@ -8,6 +8,7 @@ Example::
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,7 +19,11 @@ from .export import PARITY_TOL, export_model
 from .faces import DEFAULT_CACHE_DIR, align_rel_paths, default_lfw_images, sample_identity_images
 from distill.models.exported import ExportError, OnnxEmbedder, load_export_model, onnx_latency
 
-from .quantize import embedding_agreement, int8_path, latency_table, load_pairs, quantize_int8, verification_accuracy
+from distill.data.pairs import detect_image_ext, read_pairs
+
+from .int8 import RECOMMENDED
+from .int8_check import Int8Tolerance, compare_int8, layer_report
+from .quantize import embedding_agreement, int8_path, latency_table, quantize_int8
 
 Log = Callable[[str], None]
 
@@ -73,16 +78,19 @@ def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *
                    pairs: str | Path | None = None, images_root: str | Path | None = None,
                    max_pairs: int | None = None, evaluate: bool = True, align_backend: str = "dlib",
                    cache_dir: str | Path = DEFAULT_CACHE_DIR, latency: bool = True,
-                   latency_batches: Sequence[int] = (1, 32), tol: float = PARITY_TOL,
+                   latency_batches: Sequence[int] = (1, 32), tol: float = PARITY_TOL, recipe: str = "recommended",
+                   layers: bool = False, tolerance: Int8Tolerance = Int8Tolerance(),
                    log: Log = print) -> dict[str, Any]:
     """Export ``checkpoint`` with a parity check; with ``int8``, quantise and measure both models.
 
     Parity faces: ``parity_count`` images of ``parity_images`` (default: the shared LFW folder),
-    aligned with the checkpoint's template. With ``int8`` (ONNX only): calibration on
-    ``calib_count`` faces (see :func:`calibration_images`), accuracy of fp32 and int8 on ``pairs``
-    (default LFW ``pairsDevTest.txt``; ``max_pairs`` takes a balanced subset; ``evaluate=False`` skips it),
-    and onnxruntime latency.
-    Returns a JSON-ready summary.
+    aligned with the checkpoint's template. With ``int8`` (ONNX only): the ``recipe``
+    (``"recommended"``: :data:`~distill.deploy.int8.RECOMMENDED`; ``"plain"``: onnxruntime's default),
+    calibrated on ``calib_count`` faces (see :func:`calibration_images`); with ``layers`` the
+    layer-by-layer comparison; fp32 and int8 verification on ``pairs`` (default LFW
+    ``pairsDevTest.txt``; ``max_pairs`` takes a balanced subset; ``evaluate=False`` skips it) and on
+    every pair of its people's images, checked against ``tolerance``; onnxruntime latency.
+    Returns a JSON-ready summary (``summary["int8"]["within_tolerance"]``: None when not measured).
     """
     if fmt != "onnx" and int8:
         raise ExportError("int8 quantisation works on ONNX exports; use --format onnx with --int8")
@@ -110,51 +118,41 @@ def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *
 
     # --- int8: calibrate on training faces, never on the evaluation people
     pairs = None if not evaluate else Path(pairs) if pairs is not None else default_pairs_file()
-    eval_rel, eval_pairs, people = [], None, set()
+    people: set[str] = set()
     if pairs is not None:
         img_root = Path(images_root) if images_root is not None else pairs_images_root(pairs)
-        eval_rel, eval_pairs, people = load_pairs(pairs, img_root, max_pairs=max_pairs)
+        people = read_pairs(pairs, img_root, ext=detect_image_ext(img_root), check_exists=False).people()
     croot, crel, where = calibration_images(checkpoint, calib_count, calib_images=calib_images,
                                             exclude_identities=people)
     calib = align_rel_paths(croot, crel, template=template, backend=align_backend, cache_dir=cache_dir).faces
     qout = Path(int8_out) if int8_out is not None else int8_path(out)
-    q = quantize_int8(res["path"], qout, np.asarray(calib), method=calibrate)
-    log(f"int8 -> {qout} ({q['bytes'] / 1e6:.2f} MB, QDQ per-channel, {calibrate} calibration on "
-        f"{q['calibration']['faces']} faces: {where})")
+    q = quantize_int8(res["path"], qout, np.asarray(calib), method=calibrate,
+                      recipe=RECOMMENDED if recipe == "recommended" else None)
+    fp32_nodes = len(q["calibration"].get("fp32_nodes") or [])
+    log(f"int8 -> {qout} ({q['bytes'] / 1e6:.2f} MB, {recipe} recipe: {q['calibration']['method']} calibration on "
+        f"{q['calibration']['faces']} faces ({where}), {fp32_nodes} nodes kept in fp32)")
     fp32, i8 = OnnxEmbedder(res["path"]), OnnxEmbedder(qout)
-    summary["int8"] = {"path": str(qout), "bytes": q["bytes"], "calibration": {**q["calibration"], "source": where}}
+    summary["int8"] = {"path": str(qout), "bytes": q["bytes"], "recipe": recipe,
+                       "calibration": {**q["calibration"], "source": where}}
     faces_t = torch.from_numpy(np.array(parity_faces))
     agree = embedding_agreement(fp32.embed(faces_t).numpy(), i8.embed(faces_t).numpy())
     summary["int8"]["agreement_with_fp32"] = agree
-    log(f"int8 vs fp32 embeddings on the parity faces: mean cosine {agree['mean_cosine']:.5f}, "
-        f"min {agree['min_cosine']:.5f}; error {agree['relative_error']:.3f} of the distance between faces")
-    if not agree["relative_error"] < 0.1:
-        log(f"warning: int8 error is {agree['relative_error']:.2g} of the typical distance between different faces "
-            f"(fp32 faces are {agree['spread']:.3g} apart on average): expect an accuracy drop. A tiny spread "
-            f"means a collapsed student whose fp32 accuracy already hangs on minute differences")
-    if eval_pairs is not None:
-        af = align_rel_paths(img_root, eval_rel, template=template, backend=align_backend, cache_dir=cache_dir)
-        pos = {p: i for i, p in enumerate(af.rel_paths)}
-        if len(pos) != len(eval_rel):  # images skipped in alignment: drop their pairs
-            keep = np.array([eval_rel[a] in pos and eval_rel[b] in pos
-                             for a, b in zip(eval_pairs.idx_a, eval_pairs.idx_b)], dtype=bool)
-            remap = np.array([pos.get(p, -1) for p in eval_rel])
-            eval_pairs = eval_pairs.subset(keep)
-            eval_pairs = type(eval_pairs)(remap[eval_pairs.idx_a], remap[eval_pairs.idx_b], eval_pairs.is_same,
-                                          eval_pairs.fold)
-        acc, _ = verification_accuracy({"fp32": fp32, "int8": i8}, af.faces, eval_pairs)
-        drop = 100 * (acc["fp32"].accuracy_mean - acc["int8"].accuracy_mean)
-        summary["accuracy"] = {**{k: {f: getattr(v, f) for f in ("accuracy_mean", "accuracy_std", "auc", "eer",
-                                                                     "best_accuracy", "n_pairs", "tar_at_far")}
-                                      for k, v in acc.items()},
-                               "pairs": str(pairs), "n_pairs": len(eval_pairs), "drop_points": drop}
-        log(f"verification on {len(eval_pairs)} pairs of {pairs.name}: fp32 "
-            f"{100 * acc['fp32'].accuracy_mean:.2f}%  int8 {100 * acc['int8'].accuracy_mean:.2f}%  "
-            f"(drop {drop:+.2f} points; AUC {acc['fp32'].auc:.4f} -> {acc['int8'].auc:.4f})")
+    if layers:
+        report = layer_report(res["path"], qout, calib, recipe, meta)
+        summary["int8"]["layers"] = [asdict(r) for r in report.layers]
+        log("int8 against fp32, layer by layer (SQNR in dB; keep the worst in fp32):\n" + report.table())
+    check = None
+    if pairs is not None:
+        check = compare_int8(fp32, i8, pairs, img_root, template=template, align_backend=align_backend,
+                             cache_dir=cache_dir, max_pairs=max_pairs, tolerance=tolerance, log=log)
+        summary["accuracy"] = check.to_dict()
     else:
         log("int8 accuracy not measured" + (" (no pairs file found: pass --pairs FILE)" if evaluate else ""))
+    summary["int8"]["within_tolerance"] = None if check is None else not check.misses
     if latency:
         summary["latency"] = {"fp32": onnx_latency(res["path"], batch_sizes=latency_batches),
                               "int8": onnx_latency(qout, batch_sizes=latency_batches)}
         log("onnxruntime CPU latency (median):\n" + latency_table(list(summary["latency"].items())))
+    if check is not None:
+        log(check.verdict())
     return summary

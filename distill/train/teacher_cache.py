@@ -26,7 +26,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -175,8 +175,13 @@ def _index_matches(path: Path, face_index: np.ndarray) -> bool:
 
 
 def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.ndarray,
-          compute: Callable[[np.ndarray, int], np.ndarray], chunk: int, desc: str) -> TeacherCache:
-    """Create/resume the cache at ``path``; ``compute(positions, view_id) -> (len, D)`` fills one block."""
+          compute: Callable[[np.ndarray, int, Any], np.ndarray], chunk: int, desc: str,
+          prepare: Callable[[list[tuple[np.ndarray, int]]], Iterable[Any]] | None = None) -> TeacherCache:
+    """Create/resume the cache at ``path``; ``compute(positions, view_id, payload) -> (len, D)`` fills one block.
+
+    ``prepare(blocks)``, given every ``(positions, view_id)`` still to fill in order, yields one payload per
+    block (e.g. the augmented faces, made ahead by DataLoader workers); without it payloads are None.
+    """
     dist = ddp.current()
     n, k, d = shape
     data_path, chunk_dir = path / "embeddings.f32", path / "chunks"
@@ -216,19 +221,20 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
         emb = np.memmap(data_path, dtype=np.float32, mode="r+", shape=(n, k, d))
         bar = progress_bar(total=len(mine) * k, initial=(len(mine) - len(todo)) * k, desc=desc, unit="batch",
                    disable=not dist.is_main)
-        for c in todo:
-            pos = np.arange(c * chunk, min(n, (c + 1) * chunk))
-            for v in range(k):
-                out = compute(pos, v)
-                if out.shape != (len(pos), d):
-                    raise ValueError(f"teacher returned {out.shape} for a block of {len(pos)}, expected ({len(pos)}, {d})")
-                if not np.isfinite(out).all():
-                    raise CacheError(f"teacher produced non-finite embeddings for positions {pos[0]}..{pos[-1]}, "
-                                     f"view {v}; check the teacher weights and inputs")
-                emb[pos, v] = out
-                bar.update(1)
-            emb.flush()
-            atomic_write_bytes(chunk_dir / f"{c}.done", b"")
+        blocks = [(c, np.arange(c * chunk, min(n, (c + 1) * chunk)), v) for c in todo for v in range(k)]
+        payloads = prepare([(pos, v) for _, pos, v in blocks]) if prepare is not None else (None for _ in blocks)
+        for (c, pos, v), payload in zip(blocks, payloads):
+            out = compute(pos, v, payload)
+            if out.shape != (len(pos), d):
+                raise ValueError(f"teacher returned {out.shape} for a block of {len(pos)}, expected ({len(pos)}, {d})")
+            if not np.isfinite(out).all():
+                raise CacheError(f"teacher produced non-finite embeddings for positions {pos[0]}..{pos[-1]}, "
+                                 f"view {v}; check the teacher weights and inputs")
+            emb[pos, v] = out
+            bar.update(1)
+            if v == k - 1:  # the chunk's last view: it is complete
+                emb.flush()
+                atomic_write_bytes(chunk_dir / f"{c}.done", b"")
         bar.close()
         del emb
     ddp.barrier()
@@ -256,8 +262,22 @@ def _open_or_reset(path: Path, key: dict, log: Callable[[str], None]) -> Teacher
         return None
 
 
+class _Blocks(torch.utils.data.Dataset):
+    """The augmented faces of each cache block, made by DataLoader workers while the teacher runs."""
+
+    def __init__(self, views: FaceViews, blocks: list[tuple[np.ndarray, int]]) -> None:
+        self.views, self.blocks = views, blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        pos, v = self.blocks[i]
+        return torch.stack([self.views[(int(p), v)][0] for p in pos])
+
+
 def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_dir: str | Path,
-                        batch_size: int = 64, *, data_fp: str | None = None,
+                        batch_size: int = 64, *, data_fp: str | None = None, workers: int = 0,
                         log: Callable[[str], None] = print) -> TeacherCache:
     """Embed views ``0..num_views-1`` of every face in ``views`` with ``teacher`` once; reuse when valid.
 
@@ -267,6 +287,7 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
         The teacher runs in its own precision (``teacher.precision``, part of its fingerprint); the
         embeddings are stored as float32.
         data_fp: a known fingerprint of the aligned faces (skips hashing them).
+        workers: DataLoader processes that augment the next blocks while the teacher embeds this one.
 
     Example::
 
@@ -280,12 +301,15 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
     device = next((p.device for p in teacher.parameters()), torch.device("cpu")) if hasattr(teacher, "parameters") \
         else torch.device("cpu")
 
-    def compute(pos: np.ndarray, view_id: int) -> np.ndarray:
-        faces = torch.stack([views[(int(p), view_id)][0] for p in pos]).to(device)
-        return teacher.embed(faces).float().cpu().numpy()
+    def prepare(blocks: list[tuple[np.ndarray, int]]) -> Iterable[torch.Tensor]:
+        return torch.utils.data.DataLoader(_Blocks(views, blocks), batch_size=None, num_workers=workers,
+                                           prefetch_factor=2 if workers else None)
+
+    def compute(pos: np.ndarray, view_id: int, faces: torch.Tensor) -> np.ndarray:
+        return teacher.embed(faces.to(device)).float().cpu().numpy()
 
     return _fill(path, key, (len(views), num_views, int(teacher.embedding_dim)), np.asarray(views.indices),
-                 compute, batch_size, f"teacher cache ({teacher.name}, K={num_views})")
+                 compute, batch_size, f"teacher cache ({teacher.name}, K={num_views})", prepare)
 
 
 def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, dim: int, views: FaceViews,
@@ -310,7 +334,7 @@ def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, di
         return cache
     face_index = np.asarray(views.indices)
 
-    def compute(pos: np.ndarray, view_id: int) -> np.ndarray:
+    def compute(pos: np.ndarray, view_id: int, _payload: Any) -> np.ndarray:
         out = lookup(face_index[pos])
         return (out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor)
                 else np.asarray(out, dtype=np.float32))
