@@ -127,6 +127,12 @@ def run_export(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str
                         quick=args.quick)
 
 
+def run_deployed(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    from benchmarks.export import bench_deployed
+
+    return bench_deployed(alphas=(0.5,), rounds=3) if args.quick else bench_deployed()
+
+
 def run_alignment(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     from benchmarks.alignment import bench_large
 
@@ -137,7 +143,8 @@ def run_alignment(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[
 
 RUNNERS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Callable[[str], None]], dict[str, Any]]] = {
     "inference": run_inference, "speedup": run_speedup, "dlib_port": run_dlib_port, "training": run_training,
-    "evaluation": run_evaluation, "memory": run_memory, "export": run_export, "alignment": run_alignment}
+    "evaluation": run_evaluation, "memory": run_memory, "export": run_export, "deployed": run_deployed,
+    "alignment": run_alignment}
 
 
 # --------------------------------------------------------------------------- main

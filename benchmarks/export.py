@@ -77,7 +77,8 @@ def bench_export(checkpoints: Sequence[str | Path] = (), *, alphas: Sequence[flo
             for prec, size in (("fp32", s["bytes"]), ("int8", s["int8"]["bytes"])):
                 rows.append({"model": s["name"], "checkpoint": str(ckpt), "trained": trained, "precision": prec,
                              "bytes": size, "latency": s["latency"][prec],
-                             "accuracy": acc[prec]["accuracy_mean"] if acc else None,
+                             "accuracy": acc["accuracy"][prec] if acc else None,
+                             "tar_at_1e-3": acc["tar"][prec] if acc else None,
                              "n_pairs": acc["n_pairs"] if acc else None,
                              "int8_mean_cosine_to_fp32": s["int8"]["agreement_with_fp32"]["mean_cosine"]
                              if prec == "int8" else None})
@@ -86,6 +87,87 @@ def bench_export(checkpoints: Sequence[str | Path] = (), *, alphas: Sequence[flo
             tmp.cleanup()
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     return {"machine": machine, "batch_sizes": list(batch_sizes), "rows": rows}
+
+
+def teacher_onnx(out: Path, name: str = "dlib_resnet", *, calib_faces: np.ndarray | None = None) -> dict[str, Path]:
+    """The teacher as deployed users would run it: fp32 ONNX (preprocessed ``(B, 3, S, S)`` in, embedding out)
+    and its plain static int8 quantisation (onnxruntime's default recipe), both in ``out``."""
+    import onnx
+
+    from distill.deploy.int8 import BASELINE, quantize_recipe
+    from teachers import build_teacher
+
+    teacher = build_teacher(name, precision="fp32").eval()
+    size = teacher.preprocessing.input_size
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / f"{name}.onnx"
+    torch.onnx.export(teacher, (torch.zeros(2, 3, size, size),), str(fp32), dynamo=False, input_names=["input"],
+                      output_names=["embedding"], opset_version=17, dynamic_axes={"input": {0: "batch"}})
+    onnx.checker.check_model(onnx.load(str(fp32)))
+    x = teacher.preprocessing(torch.from_numpy(calib_faces)).numpy() if calib_faces is not None else \
+        np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
+    int8 = quantize_recipe(fp32, out / f"{name}.int8.onnx", x, BASELINE).path
+    return {"fp32": fp32, "int8": int8}
+
+
+def bench_deployed(alphas: Sequence[float] = (1.0, 0.75, 0.5, 0.25), input_size: int = 112, *,
+                   batch_sizes: Sequence[int] = (1, 32), rounds: int = 30, threads: int | None = None,
+                   cache_dir: str | Path = ".cache/facedistill") -> dict[str, Any]:
+    """The speed-up a deployed user gets: teacher and students all exported to ONNX and run by onnxruntime,
+    fp32 and int8 (students: the recommended recipe; teacher: onnxruntime's default), at each batch size,
+    timed interleaved in one run. Rows give images/s, the student/teacher speed-up in the same precision,
+    the mult-adds ratio and the speed-up as a fraction of it."""
+    from distill.deploy.faces import align_rel_paths, default_lfw_images, sample_identity_images
+    from distill.deploy.int8 import compare_throughput
+    from distill.deploy.workflow import export_student
+    from distill.profile import profile
+    from students import MobileNet
+    from teachers import build_teacher
+
+    threads = threads or torch.get_num_threads()
+    teacher = build_teacher("dlib_resnet", precision="fp32")
+    t_cost = profile(teacher, teacher.preprocessing.input_size).mult_adds
+    lfw = default_lfw_images()
+    calib = align_rel_paths(lfw, sample_identity_images(lfw, 256, seed=1), template="dlib_150",
+                            cache_dir=cache_dir, progress=False).faces if lfw is not None else None
+    with tempfile.TemporaryDirectory(prefix="facedistill-deployed-") as tmp:
+        files = {f"teacher {k}": v for k, v in teacher_onnx(Path(tmp), calib_faces=np.asarray(calib)).items()}
+        costs = {}
+        for a in alphas:
+            ckpt = fresh_checkpoint(a, input_size, Path(tmp) / f"s{a:g}" / "student.pt", cache_dir=cache_dir)
+            s = export_student(ckpt, Path(tmp) / f"s{a:g}.onnx", "onnx", int8=True, evaluate=False, latency=False,
+                               log=lambda _m: None, cache_dir=cache_dir)
+            files[f"{a:g} fp32"], files[f"{a:g} int8"] = Path(s["path"]), Path(s["int8"]["path"])
+            costs[a] = profile(MobileNet(alpha=a, input_size=input_size, embedding_dim=128), input_size).mult_adds
+        timing = {b: compare_throughput(files, b, threads=threads, rounds=rounds) for b in batch_sizes}
+    rows = []
+    for a in alphas:
+        for prec in ("fp32", "int8"):
+            for b in batch_sizes:
+                s_ips = timing[b][f"{a:g} {prec}"].images_per_s
+                t_ips = timing[b][f"teacher {prec}"].images_per_s
+                ratio = t_cost / costs[a]
+                rows.append({"alpha": a, "input_size": input_size, "precision": prec, "batch": b,
+                             "student_images_per_s": s_ips, "teacher_images_per_s": t_ips,
+                             "speedup": s_ips / t_ips, "mult_adds_ratio": ratio,
+                             "fraction_of_ratio": s_ips / t_ips / ratio,
+                             "int8_vs_fp32": s_ips / timing[b][f"{a:g} fp32"].images_per_s})
+    return {"threads": threads, "rounds": rounds, "teacher": "dlib_resnet", "teacher_mult_adds": t_cost,
+            "rows": rows}
+
+
+def deployed_markdown(doc: dict[str, Any]) -> str:
+    """The BENCHMARKS.md table of :func:`bench_deployed`."""
+    head = ["student", "precision", "batch", "student img/s", "teacher img/s", "speed-up", "mult-adds ratio",
+            "of the ratio", "int8 / fp32"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in doc["rows"]:
+        lines.append(f"| {r['alpha']:g} MobileNet-{r['input_size']} | {r['precision']} | {r['batch']} | "
+                     f"{r['student_images_per_s']:,.0f} | {r['teacher_images_per_s']:,.0f} | {r['speedup']:.1f}x | "
+                     f"{r['mult_adds_ratio']:.1f}x | {r['fraction_of_ratio']:.0%} | {r['int8_vs_fp32']:.2f}x |")
+    return "\n".join(lines) + (f"\n\nonnxruntime CPU provider, {doc['threads']} threads, teacher and students timed "
+                               f"interleaved ({doc['rounds']} rounds, median). int8: the students' recommended recipe, "
+                               f"the teacher's onnxruntime default.\n")
 
 
 def to_markdown(doc: dict[str, Any]) -> str:

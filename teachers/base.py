@@ -10,6 +10,7 @@ Example: a custom teacher from any module or callable::
 
     from teachers import CallableTeacher
     from distill.fingerprint import state_digest
+from distill.hardware import resolve_precision
 from distill.preprocess import Preprocessing
 
     teacher = CallableTeacher(
@@ -32,10 +33,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill.fingerprint import state_digest
+from distill.hardware import resolve_precision
 from distill.preprocess import Preprocessing
 
-#: teacher inference precisions: bf16 = CPU autocast + channels_last (much faster on AMX CPUs)
-PRECISIONS = ("fp32", "bf16")
+#: teacher inference precisions: bf16 = CPU autocast + channels_last (much faster on AMX CPUs, slower
+#: without AMX); auto = bf16 where AMX is (distill.hardware)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Teacher(nn.Module):
@@ -59,14 +62,15 @@ class Teacher(nn.Module):
 
     @property
     def precision(self) -> str:
-        """``"fp32"`` or ``"bf16"`` (bf16 autocast + channels_last in :meth:`embed`)."""
+        """``"fp32"`` or ``"bf16"`` (bf16 autocast + channels_last in :meth:`embed`); ``"auto"`` set here becomes
+        bf16 on AMX CPUs, else fp32 (:func:`distill.hardware.resolve_precision`)."""
         return self._precision
 
     @precision.setter
     def precision(self, value: str) -> None:
         if value not in PRECISIONS:
             raise ValueError(f"teacher precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
-        self._precision = value
+        self._precision = resolve_precision(value)
         self._channels_last = False  # the weights are converted lazily, on the first bf16 embed
 
     # A teacher never trains: a surrounding module's .train() must not switch on

@@ -116,8 +116,11 @@ def test_bad_and_litter_folders_never_stop_a_gallery_build(tmp_path: Path) -> No
     (root / "__MACOSX" / "Aaron_Eckhart").mkdir(parents=True)
     (root / "__MACOSX" / "Aaron_Eckhart" / "._a.jpg").write_bytes(b"\x00\x05")
     (root / "Thumbs.db").write_bytes(b"litter")
-    rc, out, err = run_cli_inprocess(["gallery", "build", "--model", "teacher:dlib_resnet", "--images", str(root),
-                                      "-o", str(tmp_path / "g"), "--cache-dir", str(tmp_path / "cache")])
+    from distill.data.folders import SkippedFilesWarning
+
+    with pytest.warns(SkippedFilesWarning, match="Broken/x.jpg: empty file"):
+        rc, out, err = run_cli_inprocess(["gallery", "build", "--model", "teacher:dlib_resnet", "--images", str(root),
+                                          "-o", str(tmp_path / "g"), "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0, err
     assert "3 faces of 3 identities" in out and "1 identity folders skipped (no usable image): Broken" in out
     assert "MACOSX" not in out + err and "Thumbs" not in out + err

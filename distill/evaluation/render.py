@@ -90,7 +90,7 @@ def roc_figure(models: list[ModelResult], proto: str) -> str:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     style = _style(models)
-    lo = 1.0
+    lo = 1e-3  # the axis spans at least the FAR range the report quotes
     for m in models:
         p = m.protocols.get(proto)
         if not p or not p.roc.far:
@@ -106,7 +106,8 @@ def roc_figure(models: list[ModelResult], proto: str) -> str:
     ax.set_xlabel("false accept rate (log)")
     ax.set_ylabel("true accept rate")
     ax.set_title(f"ROC, {proto}")
-    ax.legend(loc="lower right", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:  # no genuine pairs: no curve to label
+        ax.legend(loc="lower right", fontsize=9)
     return _png(fig)
 
 

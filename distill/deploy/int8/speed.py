@@ -41,16 +41,21 @@ def compare_throughput(models: dict[str, Any], batch: int, *, threads: int = 2, 
     """Images/s of several models at ``batch``, timed *interleaved* (one run of each model per round) so
     that load from other processes hits every model alike; median and best over ``rounds``.
 
-    Input: random ``(batch, 3, S, S)`` float32 (S from the first model's graph unless ``input_size``).
+    Input: random ``(batch, 3, S, S)`` float32, S from each model's graph (``input_size`` when the graph
+    leaves it open), so models of different resolutions (a teacher and its student) compare fairly.
     ``threads``: ``intra_op_num_threads``; ``opt_level``: ``SessionOptions.graph_optimization_level``
     (``all`` enables the QDQ -> QLinearConv fusions and the NCHWc / NHWC layout transformers).
     """
     sessions = {k: _session(load_model(m) if not isinstance(m, (str, Path)) else m, opt_level=opt_level,
                             threads=threads) for k, m in models.items()}
-    first = next(iter(sessions.values())).get_inputs()[0]
-    size = input_size or int(first.shape[-1])
-    x = np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for k, sess in sessions.items():
+        side = sess.get_inputs()[0].shape[-1]
+        size = side if isinstance(side, int) else input_size
+        if size is None:
+            raise ValueError(f"{k}: the graph leaves the input size open; pass input_size")
+        feeds[k] = {sess.get_inputs()[0].name: rng.standard_normal((batch, 3, size, size)).astype(np.float32)}
     for _ in range(warmup):
         for k, sess in sessions.items():
             sess.run(None, feeds[k])
