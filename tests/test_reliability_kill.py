@@ -122,10 +122,13 @@ def test_sigkill_in_every_phase_then_resume_equals_uninterrupted(tmp_path: Path,
 
     clean_cache, cache = copy_cache(data, tmp_path / "cache-clean"), copy_cache(data, tmp_path / "cache")
     clean, run = tmp_path / "clean", tmp_path / "killed"
-    res = run_cli_subprocess("run", str(QUICKSTART), *set_args(tiny_overrides(clean_cache)), "--out", str(clean))
+    # teacher batches of 4: the cache build has several chunks, so there is a moment with some done
+    small_chunks = {"teacher.batch_size": 4}
+    res = run_cli_subprocess("run", str(QUICKSTART), *set_args(tiny_overrides(clean_cache, **small_chunks)),
+                             "--out", str(clean))
     assert res.returncode == 0, res.stderr[-3000:]
 
-    args = ["run", str(QUICKSTART), *set_args(tiny_overrides(cache)), "--out", str(run)]
+    args = ["run", str(QUICKSTART), *set_args(tiny_overrides(cache, **small_chunks)), "--out", str(run)]
     cli = [sys.executable, "-m", "distill.cli"]
     resume = ["--resume"]
 
