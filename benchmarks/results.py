@@ -553,8 +553,10 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
     return "\n".join(out)
 
 
-def _change(run: Run, skip: set[str]) -> str:
-    return ", ".join(f"`{o}`" for o in run.overrides if o.split("=")[0] not in skip) or "none"
+def _change(run: Run, skip: set[str], base: Run | None = None) -> str:
+    """The run's overrides outside ``skip``, less those it shares with ``base`` (an arm shows its changes)."""
+    same = set(base.overrides) if base is not None and base is not run else set()
+    return ", ".join(f"`{o}`" for o in run.overrides if o.split("=")[0] not in skip and o not in same) or "none"
 
 
 def levers_section(levers: list[dict[str, Any]], runs: Sequence[Run], jobs: int) -> list[str]:
@@ -563,8 +565,10 @@ def levers_section(levers: list[dict[str, Any]], runs: Sequence[Run], jobs: int)
         return []
     base = next((r for r in levers if r["name"] == "lever_baseline"), None)
     skip = {"train.max_minutes", "eval.latency", "eval.identification", "train.eval_every"}
+    base_run = next((x for x in runs if x.name == "lever_baseline"), None)
     out = [f"## Levers measured (0.5 MobileNet-112, {_budget(levers[0])} of training each, {jobs} runs at once)", "",
-           "Each arm is the baseline recipe with the changes listed (the baseline row lists its own settings). "
+           "Each arm is the baseline recipe with the changes listed (the baseline row lists its own settings: the "
+           "earlier flagship recipe). "
            "A difference smaller than the larger of the two runs' fold standard deviations is no difference "
            "(marked ~).", "",
            "| run | changes | DevTest acc % | vs baseline | TAR@1e-3 % (all pairs) | vs baseline | cos to teacher | "
@@ -580,7 +584,7 @@ def levers_section(levers: list[dict[str, Any]], runs: Sequence[Run], jobs: int)
             bt = _tar(base["all_pairs"])
             dtar = "" if t is None or bt is None else f"{100 * (t - bt):+.1f}"
         tr = r.get("train") or {}
-        out.append(f"| {r['name']} | {_change(run, skip)} | {_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])} | "
+        out.append(f"| {r['name']} | {_change(run, skip, base_run)} | {_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])} | "
                    f"{dacc} | {_pct(t, 1)} | {dtar} | {r['fidelity_mean']:.3f} | {tr.get('steps', '')} | "
                    f"{tr.get('samples_per_s', '')} |")
     out += ["", f"![learning curves of the levers]({OUT}/levers_curves.png)", "",
