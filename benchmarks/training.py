@@ -7,7 +7,7 @@ Run::
 
 1. **Profile** of one training step in each teacher mode, with the shipped defaults: ``student_only``
    (targets already in memory: the floor), ``cached`` (a prebuilt teacher cache) and ``online`` (the
-   dlib teacher in bf16 labels every batch). Per phase (:class:`distill.train.hooks.Profiler`):
+   dlib teacher labels every batch, in the precision ``auto`` picks: bf16 with AMX, else fp32). Per phase (:class:`distill.train.hooks.Profiler`):
    data (decode + augment), teacher, forward, backward, optimizer, hooks; samples/s; training
    mult-adds/s (3 x the forward mult-adds per sample: forward + backward) as a fraction of the fp32
    matmul rate measured in the same run.
@@ -127,7 +127,7 @@ def benchmark_training(steps: int = 30, batch_size: int = 64, quick: bool = Fals
         steps, batch_size = 2, 8
     n = max(512, (steps + 5) * batch_size) if not quick else 64
     views = FaceViews(_faces(n), build_augmentation(FLAGSHIP_AUGMENT), seed=0)
-    teacher = build_teacher("dlib_resnet", precision="bf16")
+    teacher = build_teacher("dlib_resnet", precision="auto")  # what the product ships: bf16 only with AMX
     base = TrainSettings(batch_size=batch_size, lr=2e-3, precision="fp32", channels_last=True)
     flops = 3 * profile(MobileNet(alpha=0.5, input_size=112, embedding_dim=128), 112).mult_adds
     limit = matmul_rate()["mult_adds_per_s"]
@@ -168,7 +168,7 @@ def benchmark_training(steps: int = 30, batch_size: int = 64, quick: bool = Fals
             r.update(lever=label, mode=mode, vs_default=round(r["samples_per_s"] / ref, 3))
             levers.append(r)
             log(json.dumps(r))
-    return {"teacher": "dlib_resnet (bf16, real weights)", "batch_size": batch_size, "steps": steps,
+    return {"teacher": f"dlib_resnet ({teacher.precision}, real weights)", "batch_size": batch_size, "steps": steps,
             "threads": torch.get_num_threads(), "matmul_limit_fp32": limit, "train_mult_adds_per_sample": flops,
             "cache_build_s_per_image": round(cache_s / (2 * len(views)), 5), "profile": profile_rows,
             "levers": levers, "cached_vs_student_only": round(profile_rows[1]["samples_per_s"] / floor, 3),

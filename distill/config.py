@@ -61,7 +61,8 @@ class AugmentSettings(Section):
     jpeg: float = Field(0.0, ge=0, le=1, description="probability of JPEG re-compression")
     cutout: float = Field(0.0, ge=0, le=1, description="probability of a random erased patch")
     mixup: float = Field(0.0, ge=0, le=1, description=(
-        "probability that a view blends two training faces (the teacher labels the blend; Beyer et al. 2022)"))
+        "probability that a view blends two training faces (the teacher labels the blend; Beyer et al. 2022). "
+        "Off by default: with an online teacher and 40% mixes the 22-minute LFW lever lost 11 points (RESULTS.md)"))
     cutmix: float = Field(0.0, ge=0, le=1, description=(
         "probability that a view pastes a rectangle of another training face (the teacher labels it)"))
 
@@ -212,7 +213,7 @@ class TrainSettings(Section):
         "standardise raw teacher targets (per-dimension mean, one global scale, measured on the teacher's "
         "outputs) so the student starts at their scale; folded back into the student's head, so the saved "
         "student emits the teacher's units. null = on for raw teachers when the student has an embedding head "
-        "and no projection"))
+        "and no projection (the 22-minute LFW lever: +7.4 points DevTest accuracy, RESULTS.md)"))
     ema: Optional[float] = Field(None, gt=0, lt=1, description=(
         "decay of an exponential moving average of the student's weights, evaluated and saved instead of "
         "the raw weights (null = off)"))
