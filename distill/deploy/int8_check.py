@@ -69,7 +69,7 @@ class Int8Check:
         if not self.misses:
             return head + " Within tolerance."
         return (head + " NOT within tolerance: " + "; ".join(self.misses) + ". The file was written; ship the fp32 "
-                "file, or try --calib-count 1024 / --int8-recipe plain, or accept it with --allow-accuracy-loss.")
+                "file, or try --calibrate percentile or a larger --calib-count, or accept it with --allow-accuracy-loss.")
 
 
 def _drop(before: float | None, after: float | None) -> float | None:

@@ -25,6 +25,9 @@ from .int8 import RECOMMENDED
 from .int8_check import Int8Tolerance, compare_int8, layer_report
 from .quantize import embedding_agreement, int8_path, latency_table, quantize_int8
 
+#: calibration faces of the plain recipe (onnxruntime defaults; the recommended recipe carries its own)
+PLAIN_CALIB_FACES = 256
+
 Log = Callable[[str], None]
 
 
@@ -74,7 +77,7 @@ def calibration_images(checkpoint: str | Path, n: int, *, calib_images: str | Pa
 def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *, int8: bool = False,
                    int8_out: str | Path | None = None, with_projection: bool = False,
                    parity_images: str | Path | None = None, parity_count: int = 16,
-                   calib_images: str | Path | None = None, calib_count: int = 256, calibrate: str = "minmax",
+                   calib_images: str | Path | None = None, calib_count: int | None = None, calibrate: str = "minmax",
                    pairs: str | Path | None = None, images_root: str | Path | None = None,
                    max_pairs: int | None = None, evaluate: bool = True, align_backend: str = "dlib",
                    cache_dir: str | Path = DEFAULT_CACHE_DIR, latency: bool = True,
@@ -86,7 +89,8 @@ def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *
     Parity faces: ``parity_count`` images of ``parity_images`` (default: the shared LFW folder),
     aligned with the checkpoint's template. With ``int8`` (ONNX only): the ``recipe``
     (``"recommended"``: :data:`~distill.deploy.int8.RECOMMENDED`; ``"plain"``: onnxruntime's default),
-    calibrated on ``calib_count`` faces (see :func:`calibration_images`); with ``layers`` the
+    calibrated on ``calib_count`` faces (default: the number the recipe was measured with, 1,024 for the
+    recommended one; 256 for plain; see :func:`calibration_images`); with ``layers`` the
     layer-by-layer comparison; fp32 and int8 verification on ``pairs`` (default LFW
     ``pairsDevTest.txt``; ``max_pairs`` takes a balanced subset; ``evaluate=False`` skips it) and on
     every pair of its people's images, checked against ``tolerance``; onnxruntime latency.
@@ -122,6 +126,8 @@ def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *
     if pairs is not None:
         img_root = Path(images_root) if images_root is not None else pairs_images_root(pairs)
         people = read_pairs(pairs, img_root, ext=detect_image_ext(img_root), check_exists=False).people()
+    if calib_count is None:
+        calib_count = RECOMMENDED.calib_faces if recipe == "recommended" else PLAIN_CALIB_FACES
     croot, crel, where = calibration_images(checkpoint, calib_count, calib_images=calib_images,
                                             exclude_identities=people)
     calib = align_rel_paths(croot, crel, template=template, backend=align_backend, cache_dir=cache_dir).faces

@@ -39,7 +39,8 @@ def model_fingerprint(embedder: Embedder) -> str | None:
 
 def cache_path(cache_dir: str | Path, embedder: Embedder, faces: np.ndarray, flip_tta: bool,
                cache_key: str | None = None) -> Path:
-    """``cache_dir/<model name>-<hash>.npy``, the hash covering model, data, preprocessing, flip and precision.
+    """``cache_dir/<model name>-<hash>.npy``, the hash covering model, data, preprocessing, flip and precision
+    (and, for exported model files, their bytes: ``content_digest()``).
 
     ``cache_key`` replaces the pixel hash of ``faces`` when given (e.g. the aligned-face cache key, which
     already names paths, sizes, mtimes and template) and is required for models that cannot be fingerprinted.
@@ -57,6 +58,9 @@ def cache_path(cache_dir: str | Path, embedder: Embedder, faces: np.ndarray, fli
         "flip_tta": bool(flip_tta),
         "precision": str(getattr(embedder, "precision", getattr(embedder, "fast", ""))),
     }
+    digest_of = getattr(embedder, "content_digest", None)
+    if callable(digest_of):  # model files: the bytes, since their fingerprint names the source student only
+        key["file"] = str(digest_of())
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", embedder.name)[:60]
     return Path(cache_dir) / f"{safe}-{digest}.npy"

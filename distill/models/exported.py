@@ -22,6 +22,7 @@ import statistics
 import time
 import warnings
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 
 from distill.embedder import ModuleEmbedder
 from distill.errors import InputError, MissingInputError
+from distill.fingerprint import file_sha256
 from distill.evaluation.results import CostResult
 from distill.preprocess import Preprocessing
 
@@ -141,6 +143,10 @@ class OnnxEmbedder:
         """The source weights' fingerprint (+ precision): a student.pt and its fp32 ONNX agree."""
         return model_identity(self.meta)
 
+    def content_digest(self) -> str:
+        """sha256 of the file's bytes: two int8 files of one student (other calibration) differ here."""
+        return _file_digest(self.path)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float32 ``(B, 3, S, S)`` -> ``(B, D)`` float32."""
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
@@ -168,6 +174,10 @@ class TorchScriptEmbedder:
     def fingerprint(self) -> str:
         """The source weights' fingerprint (+ precision), as for ONNX exports."""
         return model_identity(self.meta)
+
+    def content_digest(self) -> str:
+        """sha256 of the file's bytes (see :meth:`OnnxEmbedder.content_digest`)."""
+        return _file_digest(self.path)
 
     @torch.no_grad()
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
@@ -210,6 +220,16 @@ class ExportModel(nn.Module):
             if self.normalize_projection:
                 e = F.normalize(e, dim=1)
         return e
+
+
+@lru_cache(maxsize=64)
+def _file_digest_at(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    return _file_digest_at(path.resolve(), st.st_size, st.st_mtime_ns)
 
 
 def model_identity(meta: dict[str, Any]) -> str:

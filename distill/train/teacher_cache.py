@@ -33,7 +33,7 @@ import torch
 from distill.progress import progress_bar
 
 from distill.data.views import FaceViews
-from distill.fingerprint import array_digest
+from distill.fingerprint import array_digest, file_sha256
 from distill.io import atomic_write, atomic_write_bytes, atomic_write_json
 
 from . import ddp
@@ -74,14 +74,6 @@ def cache_key(teacher_fingerprint: str, views: FaceViews, num_views: int, data_f
 def _key_dir(cache_dir: Path, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{key['teacher'].split('-')[0]}-{digest}"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -152,7 +144,7 @@ def open_cache(path: Path, key: dict) -> TeacherCache:
         size = data_path.stat().st_size if data_path.exists() else 0
         raise CacheError(f"{data_path} has {size} bytes, expected {expected} (truncated?)")
     complete = json.loads(done_path.read_text())
-    if complete.get("sha256") != _sha256_file(data_path):
+    if complete.get("sha256") != file_sha256(data_path):
         raise CacheError(f"{data_path} does not match the checksum in {done_path} (corrupt)")
     emb = np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, k, d))
     bad = ~np.isfinite(emb).all(axis=2)
@@ -242,7 +234,7 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
         missing = [c for c in range(num_chunks) if not (chunk_dir / f"{c}.done").exists()]
         if missing:
             raise CacheError(f"{path}: chunks {missing[:5]} were not written")
-        atomic_write_json(path / "complete.json", {"sha256": _sha256_file(data_path)})
+        atomic_write_json(path / "complete.json", {"sha256": file_sha256(data_path)})
     ddp.barrier()
     return open_cache(path, key)
 
