@@ -123,7 +123,8 @@ def training_goals(tr: dict[str, Any]) -> list[dict[str, Any]]:
             ("cached-teacher training >= 95% of student-only", tr["cached_vs_student_only"], g["cached"],
              f"cached teacher at {_pct(tr['cached_vs_student_only'])} of student-only samples/s"),
             ("online teacher (precision auto) >= 75% of student-only", tr["online_vs_student_only"], g["online"],
-             f"online {tr.get('teacher', 'teacher')} at {_pct(tr['online_vs_student_only'])} of student-only samples/s")]
+             f"online {tr.get('teacher', 'teacher')} at {_pct(tr['online_vs_student_only'])} of student-only "
+             "samples/s")]
     return [{"goal": goal, "met": value >= target, "detail": detail
              + ("" if value >= target else f" (missed by {100 * (target - value):.0f} points)")}
             for goal, value, target, detail in rows]

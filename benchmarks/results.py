@@ -578,7 +578,8 @@ def levers_section(levers: list[dict[str, Any]], runs: Sequence[Run], jobs: int)
             bt = _tar(base["all_pairs"])
             dtar = "" if t is None or bt is None else f"{100 * (t - bt):+.1f}"
         tr = r.get("train") or {}
-        out.append(f"| {r['name']} | {_change(run, skip, base_run)} | {_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])} | "
+        out.append(f"| {r['name']} | {_change(run, skip, base_run)} | "
+                   f"{_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])} | "
                    f"{dacc} | {_pct(t, 1)} | {dtar} | {r['fidelity_mean']:.3f} | {tr.get('steps', '')} | "
                    f"{tr.get('samples_per_s', '')} |")
     out += ["", f"![learning curves of the levers]({OUT}/levers_curves.png)", "",

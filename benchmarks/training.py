@@ -2,12 +2,13 @@
 
 Run::
 
-    .venv/bin/python -m benchmarks.training            # the BENCHMARKS.md section (about 10 minutes)
+    .venv/bin/python -m benchmarks.training            # the BENCHMARKS.md section (2.5 minutes here)
     .venv/bin/python -m benchmarks.training --quick    # a few steps per variant (smoke test)
 
 1. **Profile** of one training step in each teacher mode, with the shipped defaults: ``student_only``
    (targets already in memory: the floor), ``cached`` (a prebuilt teacher cache) and ``online`` (the
-   dlib teacher labels every batch, in the precision ``auto`` picks: bf16 with AMX, else fp32). Per phase (:class:`distill.train.hooks.Profiler`):
+   dlib teacher labels every batch, in the precision ``auto`` picks: bf16 with AMX, else fp32).
+   Per phase (:class:`distill.train.hooks.Profiler`):
    data (decode + augment), teacher, forward, backward, optimizer, hooks; samples/s; training
    mult-adds/s (3 x the forward mult-adds per sample: forward + backward) as a fraction of the fp32
    matmul rate measured in the same run.

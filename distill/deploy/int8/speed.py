@@ -39,7 +39,8 @@ def compare_throughput(models: dict[str, Any], batch: int, *, threads: int = 2, 
                        runs_per_round: int = 1, warmup: int = 3, opt_level: str = "all",
                        input_size: int | None = None, seed: int = 0) -> dict[str, Throughput]:
     """Images/s of several models at ``batch``, timed *interleaved* (one run of each model per round) so
-    that load from other processes hits every model alike; median and best over ``rounds``.
+    that load from other processes hits every model alike; median and best over ``rounds``. With more than
+    one model the sessions do not spin between runs (see :func:`~distill.deploy.int8.graph._session`).
 
     Input: random ``(batch, 3, S, S)`` float32, S from each model's graph (``input_size`` when the graph
     leaves it open), so models of different resolutions (a teacher and its student) compare fairly.
@@ -47,7 +48,7 @@ def compare_throughput(models: dict[str, Any], batch: int, *, threads: int = 2, 
     (``all`` enables the QDQ -> QLinearConv fusions and the NCHWc / NHWC layout transformers).
     """
     sessions = {k: _session(load_model(m) if not isinstance(m, (str, Path)) else m, opt_level=opt_level,
-                            threads=threads) for k, m in models.items()}
+                            threads=threads, spinning=len(models) == 1) for k, m in models.items()}
     rng = np.random.default_rng(seed)
     feeds = {}
     for k, sess in sessions.items():
