@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from distill.data.folders import scan_identity_folder
 from distill.data.pairs import all_pairs, detect_image_ext, read_pairs
@@ -116,12 +115,9 @@ def layer_report(fp32_path: str | Path, int8_path: str | Path, calib_faces: np.n
     """The layer-by-layer comparison (:func:`~distill.deploy.int8.compare_layers`) of an exported int8 file
     against the float graph it was quantised from (rebuilt from the same calibration faces, uint8
     ``(N, S, S, 3)``, so its rescalings match), on the first ``n`` of them."""
-    from distill.models.exported import preprocessing_of
-
     from .int8 import RECOMMENDED, compare_layers, prepare_fp32
+    from .quantize import model_inputs
 
-    pre = preprocessing_of(meta)
-    x = np.concatenate([pre(torch.from_numpy(np.array(calib_faces[i:i + 256], dtype=np.uint8))).numpy()
-                        for i in range(0, len(calib_faces), 256)])
+    x = model_inputs(meta, calib_faces)
     reference = prepare_fp32(str(fp32_path), RECOMMENDED if recipe == "recommended" else None, x).model
     return compare_layers(reference, str(int8_path), x[:n])

@@ -58,6 +58,37 @@ class FaceCalibrationReader:
         return iter(self.get_next, None)
 
 
+def model_inputs(meta: dict[str, Any], faces: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Aligned uint8 faces ``(N, S0, S0, 3)`` -> the export's float32 input ``(N, 3, S, S)`` (its own
+    preprocessing, from ``meta``), in batches of ``batch`` so a memory-mapped set stays out of RAM."""
+    pre = preprocessing_of(meta)
+    return np.concatenate([pre(torch.from_numpy(np.array(faces[i:i + batch], dtype=np.uint8))).numpy()
+                           for i in range(0, len(faces), batch)])
+
+
+def _fp32_metadata(fp32_path: str | Path, calib_faces: np.ndarray, method: str | None) -> dict[str, Any]:
+    """The fp32 export's metadata, after checking the quantisation request.
+
+    Raises:
+        ValueError: unknown calibration ``method``, no calibration faces, or a file that is not fp32.
+    """
+    if method is not None and method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+    if len(calib_faces) == 0:
+        raise ValueError("int8 calibration needs aligned faces; none were given")
+    meta = read_metadata(fp32_path)
+    if meta["precision"] != "fp32":
+        raise ValueError(f"{fp32_path} is already {meta['precision']}; quantise the fp32 export")
+    return meta
+
+
+def _write_int8(proto: Any, meta: dict[str, Any], calibration: dict[str, Any], out: str | Path) -> bytes:
+    """Write the int8 graph to ``out`` with the fp32 metadata, ``precision="int8"`` and its calibration."""
+    data = with_onnx_metadata(proto, {**meta, "precision": "int8", "calibration": calibration}).SerializeToString()
+    atomic_write_bytes(out, data)
+    return data
+
+
 def quantize_int8(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarray, *, method: str = "minmax",
                   per_channel: bool = True, batch_size: int = 32, recipe: Any = None) -> dict[str, Any]:
     """Statically quantise ``fp32_path`` to int8 (QDQ, per-channel) into ``out``, calibrated on ``calib_faces``.
@@ -73,13 +104,7 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarra
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
-    if len(calib_faces) == 0:
-        raise ValueError("int8 calibration needs aligned faces; none were given")
-    meta = read_metadata(fp32_path)
-    if meta["precision"] != "fp32":
-        raise ValueError(f"{fp32_path} is already {meta['precision']}; quantise the fp32 export")
+    meta = _fp32_metadata(fp32_path, calib_faces, method)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
@@ -93,9 +118,7 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calib_faces: np.ndarra
         proto = onnx.load(str(q_path))
     calibration = {"faces": int(len(calib_faces)), "method": method, "per_channel": per_channel,
                    "format": "QDQ", "activations": "int8", "weights": "int8"}
-    qmeta = {**meta, "precision": "int8", "calibration": calibration}
-    data = with_onnx_metadata(proto, qmeta).SerializeToString()
-    atomic_write_bytes(out, data)
+    data = _write_int8(proto, meta, calibration, out)
     return {"path": Path(out), "bytes": len(data), "calibration": calibration}
 
 
@@ -112,27 +135,17 @@ def quantize_int8_recipe(fp32_path: str | Path, out: str | Path, calib_faces: np
 
     from .int8 import quantize_recipe
 
-    if method is not None and method not in CALIBRATION_METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
-    if len(calib_faces) == 0:
-        raise ValueError("int8 calibration needs aligned faces; none were given")
-    meta = read_metadata(fp32_path)
-    if meta["precision"] != "fp32":
-        raise ValueError(f"{fp32_path} is already {meta['precision']}; quantise the fp32 export")
+    meta = _fp32_metadata(fp32_path, calib_faces, method)
     recipe = replace(recipe, calibrate=method or recipe.calibrate,
                      per_channel=recipe.per_channel if per_channel is None else per_channel)
-    pre = preprocessing_of(meta)
-    x = np.concatenate([pre(torch.from_numpy(np.array(calib_faces[i:i + 256], dtype=np.uint8))).numpy()
-                        for i in range(0, len(calib_faces), 256)])
+    x = model_inputs(meta, calib_faces)
     with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
         q = quantize_recipe(fp32_path, Path(tmp) / "int8.onnx", x, recipe)
         proto = onnx.load(str(q.path))
     calibration = {"faces": int(len(calib_faces)), "method": recipe.calibrate, "per_channel": recipe.per_channel,
                    "format": recipe.quant_format, "activations": recipe.activations, "weights": "int8",
                    **{k: v for k, v in q.record().items() if k != "faces"}}
-    qmeta = {**meta, "precision": "int8", "calibration": calibration}
-    data = with_onnx_metadata(proto, qmeta).SerializeToString()
-    atomic_write_bytes(out, data)
+    data = _write_int8(proto, meta, calibration, out)
     return {"path": Path(out), "bytes": len(data), "calibration": calibration}
 
 
