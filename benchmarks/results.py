@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distill.config import load_config
 from distill.evaluation.results import ModelResult, jsonable, load_report
+from distill.hardware import resolve_precision
 from distill.io import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PLAN = Path("configs/studies/lfw.yaml")
@@ -637,7 +638,8 @@ def facenet_section(rows: list[dict[str, Any]], runs: Sequence[Run]) -> list[str
     out = ["## The paper's pairing: FaceNet (casia-webface) -> MobileNet", "",
            "The MobileNets paper (section 4.7, Table 14) distilled FaceNet into a 1.0 MobileNet-160 and kept 0.957 of "
            "its accuracy. Here on the same LFW identity-disjoint protocol as above, FaceNet's embedding (512-D, "
-           "normalised; MTCNN 160 px crops) cached in bf16:", "",
+           f"normalised; MTCNN 160 px crops) cached in {_facenet_precision(runs)} (`teacher.precision: auto`: bf16 "
+           "only where the CPU has AMX, BENCHMARKS.md section 1):", "",
            "| model | mult-adds | trained | DevTest acc % | acc ratio | TAR@1e-3 % (all pairs) | TAR ratio | "
            "cos to teacher |", "|---|---|---|---|---|---|---|---|"]
     t_acc, t_tar = teacher["devtest"].get("accuracy_mean"), _tar(teacher["all_pairs"])
@@ -653,6 +655,12 @@ def facenet_section(rows: list[dict[str, Any]], runs: Sequence[Run]) -> list[str
     out += ["", "Paper (Table 14): accuracy ratio 0.957 for 1.0 MobileNet-160 (79.4% vs FaceNet's 83% at its "
             "1e-4 accuracy measure).", ""]
     return out
+
+
+def _facenet_precision(runs: Sequence[Run]) -> str:
+    """The precision the FaceNet runs' teacher resolves to on this machine (the one that ran them)."""
+    fn = next((r for r in runs if r.group == "facenet"), None)
+    return "fp32" if fn is None else resolve_precision(load_config(fn.config, list(fn.overrides)).teacher.precision)
 
 
 REEVAL = f"distill eval configs/lfw_devtest_eval.yaml --checkpoint {FLAGSHIP_CKPT} --no-teacher --overwrite"

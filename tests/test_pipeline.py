@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "data.synthetic.identities=8", "--set", "data.synthetic.images_per_identity=4",
         "--set", "student.name=mobilenet_v1_025", "--set", "student.input_size=64", "--set", "train.epochs=2",
         "--set", "train.batch_size=8", "--set", "train.max_minutes=null", "--set", "train.warmup_steps=2",
-        "--set", "train.cache_views=2", "--set", "eval.latency=false"]
+        "--set", "train.cache_views=2", "--set", "eval.latency=false", "--set", "data.workers=0"]
 
 
 def distill_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

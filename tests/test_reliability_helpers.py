@@ -26,7 +26,7 @@ def tiny_overrides(cache_dir: Path, **extra: Any) -> list[str]:
     """``--set`` items for a tiny, fully offline run whose caches live in ``cache_dir``."""
     sets = {
         "data.synthetic.identities": 8, "data.synthetic.images_per_identity": 4, "data.synthetic.size": 96,
-        "data.align_backend": "none", "data.cache_dir": str(cache_dir),
+        "data.align_backend": "none", "data.cache_dir": str(cache_dir), "data.workers": 0,
         "student.name": "mobilenet_v1_025", "student.input_size": 64,
         "train.epochs": 2, "train.batch_size": 8, "train.max_minutes": "null", "train.cache_views": 2,
         "train.checkpoint_every": 2, "train.warmup_steps": 2,

@@ -289,3 +289,29 @@ def test_time_budget_fits_the_cosine_decay(tmp_path: Path) -> None:
     assert len([m for m in logs if "re-fitted to end at step" in m]) <= 10
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert float(rows[-1]["lr"]) < 0.05 * max(float(r["lr"]) for r in rows)
+
+
+def test_progress_bar_total_is_where_the_budget_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    """With a time budget the bar counts to the fitted end of the schedule, not to train.epochs' steps,
+    so its ETA is the budget's; a resumed run whose schedule was fitted starts with that total."""
+    from types import SimpleNamespace
+
+    from distill.train import ProgressBar, TimeBudget
+    from distill.train.schedule import WarmupCosine
+
+    horizon = WarmupCosine(warmup_steps=2, total_steps=10_000)
+    horizon.refit(40, 300)  # as if a previous process fitted the budget: the schedule ends at step 300
+    run = SimpleNamespace(state=SimpleNamespace(step=40, total_steps=10_000), env=SimpleNamespace(is_main=True),
+                          scheduler=SimpleNamespace(lr_lambdas=[horizon]), status={}, status_changed=False)
+    run.set_status = lambda **kw: (run.status.update(kw), setattr(run, "status_changed", True))
+    bar, budget = ProgressBar(), TimeBudget(5.0, log=lambda m: None)
+    bar.before_train(run)
+    assert bar.bar.total == 10_000
+    budget.before_train(run)
+    bar.after_step(run)
+    assert bar.bar.total == 300 and bar.bar.n == 41
+    run.set_status(end=20)  # never below the steps already done
+    bar.after_step(run)
+    assert bar.bar.total == 42
+    bar.close(run)
+    assert "/42" in capsys.readouterr().err

@@ -67,7 +67,8 @@ class Hook:
 
 # --------------------------------------------------------------------------- progress
 class ProgressBar(Hook):
-    """The step bar: loss, samples/s and (with a time budget) the step the schedule ends at."""
+    """The step bar: loss, samples/s and (with a time budget) the step the schedule ends at, which is
+    also the bar's total, so its ETA is the budget's end rather than that of ``train.epochs``."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled, self.bar = enabled, None
@@ -79,6 +80,9 @@ class ProgressBar(Hook):
     def after_step(self, run: "Run") -> None:
         self.bar.update(1)
         if run.status_changed:
+            end = run.status.get("end")
+            if end is not None:  # a time budget moved where the schedule ends: the bar's total and ETA follow
+                self.bar.total = max(int(end), self.bar.n)
             self.bar.set_postfix(run.status, refresh=False)
             run.status_changed = False
 
@@ -110,6 +114,8 @@ class TimeBudget(Hook):
         self.calib = (start + 5, start + 35) if self.budget_s < math.inf else None
         self.refit_s = max(1.0, REFIT_FRACTION * self.budget_s)
         self.reported = self.horizon.total_steps if self.horizon.fitted else None
+        if self.horizon.fitted:  # a resumed run: its schedule already ends before total_steps
+            run.set_status(end=self.horizon.total_steps)
 
     def after_step(self, run: "Run") -> None:
         s = run.state
