@@ -477,8 +477,9 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         "",
         f"Regenerate everything with `make results` (plan: `{PLAN}`; runs in `{RUNS}/`, resumable). "
         f"Rewritten {dt.date.today().isoformat()} on {platform.machine()} with {_cores()} CPU cores, no GPU. "
-        "Every number below comes from the evaluation command at the end of this page "
-        f"(`{RUNS}/eval/report.json`) and each run's `report.json`.",
+        "The tables come from the evaluation commands at the end of this page "
+        f"(`{RUNS}/eval*/report.json`) and each run's `report.json` (curves: its `eval.csv`); the notes name "
+        f"their own sources. `{RUNS}/` is not committed: `{OUT}/*.json` keeps each row's numbers and command.",
         "",
         "## Protocol",
         "- Data: LFW deep-funneled (`../shared/data/lfw`), every face aligned the dlib way (5 landmarks, "
@@ -527,7 +528,9 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
     out += facenet_section([r for r in rows if r["group"] in ("facenet_teacher", "facenet")], runs)
     out += [notes.strip(), "", "## Commands", "", "Training (each run; `--resume` continues an interrupted one):",
             "```"] + [shlex.join(r.command()) for r in runs] + [
-        "```", "", "Evaluations (the numbers above; each measures a teacher and its students on the same pairs):",
+        "```", "", "Export of the flagship (the deployed rows; `make results` runs it before the evaluations):",
+        "```", *([shlex.join(export_command(f)) for f in runs if f.group == "flagship"]), "```", "",
+        "Evaluations (the numbers above; each measures a teacher and its students on the same pairs):",
         "```", *[shlex.join(eval_command(runs, w, orl)) for w in EVALS if w != "eval_orl" or orl is not None], "```", "",
         "Re-evaluate the committed flagship checkpoint alone (a few minutes; prints the same DevTest and "
         "all-pairs numbers):", "```", REEVAL, "```", ""]

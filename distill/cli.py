@@ -87,11 +87,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         row = _student_row(args.name, **kwargs)
     except TypeError as e:
         raise UsageError(f"{args.name} does not take one of the options given: {e}") from None
+    except ValueError as e:  # an out-of-range option (alpha, input size): the model's own message names it
+        raise UsageError(f"distill profile {args.name}: {e}") from None
     row["alpha"] = args.alpha
+    # a name like mobilenet_v1_050 fixes alpha only by default: say which width was profiled
+    shown = row["name"] if args.alpha is None else f"{row['name']} at alpha {args.alpha:g}"
     if args.json:
         print(json.dumps([row], indent=2))
     else:
-        print(f"{row['name']}: {row['params']:,} params ({_fmt_millions(row['params'])}), "
+        print(f"{shown}: {row['params']:,} params ({_fmt_millions(row['params'])}), "
               f"{row['mult_adds']:,} mult-adds ({_fmt_millions(row['mult_adds'])}) at {row['input_size']}x"
               f"{row['input_size']}, output dim {row['output_dim']}")
     return 0
@@ -124,7 +128,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     if args.dry_run:
-        print(pipeline.plan(cfg).format())
+        plan = pipeline.plan(cfg)
+        print(plan.format())
+        if plan.missing:  # a plan that cannot run is an input to fix: the error `distill run` would give
+            from distill.preflight import missing_artifacts_error
+
+            raise missing_artifacts_error(plan.missing)
         return 0
     pipeline.run(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
@@ -232,7 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     from distill.deploy.cli import register_cli  # export, gallery build|search
 
     register_cli(sub)
+    _debug_everywhere(parser)
     return parser
+
+
+def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--debug`` after the subcommand too (``distill run X --debug``), not only before it."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for child in getattr(action, "choices", {}).values():
+            if "--debug" not in child._option_string_actions:
+                child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="show full tracebacks on errors")
+            _debug_everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

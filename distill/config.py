@@ -19,7 +19,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,7 +62,9 @@ class AugmentSettings(Section):
     cutout: float = Field(0.0, ge=0, le=1, description="probability of a random erased patch")
     mixup: float = Field(0.0, ge=0, le=1, description=(
         "probability that a view blends two training faces (the teacher labels the blend; Beyer et al. 2022). "
-        "Off by default: with an online teacher and 40% mixes the 22-minute LFW lever lost 11 points (RESULTS.md)"))
+        "Off by default: the 22-minute LFW arm that added an online teacher and 40% mixes to target scale ended "
+        "11.4 points below it (1,573 steps against 2,609, and behind at equal steps too); mixes were not measured "
+        "apart from the online teacher (RESULTS.md)"))
     cutmix: float = Field(0.0, ge=0, le=1, description=(
         "probability that a view pastes a rectangle of another training face (the teacher labels it)"))
 
@@ -88,7 +90,9 @@ class DataSettings(Section):
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     workers: int = Field(0, ge=0, le=64, description=(
         "worker processes for face alignment and for the training DataLoader's augmentation "
-        "(0 = in the main process)"))
+        "(0 = in the main process). On 2 cores, 2 workers aligned large photos 6.6x "
+        "faster and trained 1.17x faster in cached mode (BENCHMARKS.md sections 4 and 9); the shipped configs set "
+        "it, the library default stays 0 (no processes behind an API caller's back)"))
 
 
 # --------------------------------------------------------------------------- models
@@ -99,9 +103,10 @@ class TeacherSettings(Section):
         "weights: a named set (facenet: vggface2, casia-webface) or a local file path"))
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the teacher")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
-        "teacher inference precision for training targets: bf16 autocast is ~2.7x faster with AMX but 0.77x "
-        "without it (cosine >= 0.9999 to fp32); auto = bf16 where the CPU has AMX, else fp32; evaluation always "
-        "runs the teacher in fp32"))
+        "teacher inference precision for training targets: bf16 autocast (cosine >= 0.9999 to fp32) pays off "
+        "only on CPUs with AMX; without AMX it ran at 0.86x (FaceNet) and 0.88x (dlib) of fp32 here "
+        "(BENCHMARKS.md section 1); auto = bf16 where the CPU has AMX, else fp32; evaluation always runs the "
+        "teacher in fp32"))
     batch_size: int = Field(128, ge=1, le=4096, description="batch size of teacher inference (cache building)")
 
 
@@ -373,22 +378,35 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return doc
 
 
-def validate(doc: Any, source: str = "config") -> Config:
-    """Validate a plain dict into :class:`Config`, or raise :class:`ConfigError` listing every problem."""
+def validate(doc: Any, source: str = "config", set_keys: Sequence[str] = ()) -> Config:
+    """Validate a plain dict into :class:`Config`, or raise :class:`ConfigError` listing every problem.
+
+    ``set_keys``: the dotted keys ``--set`` gave; an error under one of them names ``--set KEY``, not ``source``.
+    """
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(doc).__name__}")
+
+    def origin(path: str) -> str:
+        hit = next((k for k in set_keys if path == k or path.startswith(k + ".") or k.startswith(path + ".")), None)
+        return source if hit is None else f"--set {hit}"
+
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError("\n".join(_format_error(err, source) for err in e.errors())) from None
-    check_names(cfg, source)
+        raise ConfigError("\n".join(_format_error(err, origin(_error_path(err))) for err in e.errors())) from None
+    check_names(cfg, source, origin)
     return cfg
 
 
-def check_names(cfg: Config, source: str) -> None:
-    """Registry names are resolved here, where configs are read."""
+def _error_path(err: dict[str, Any]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    return ".".join(loc + ((err["ctx"]["key"],) if err["type"] == "unknown_loss_term" else ()))
+
+
+def check_names(cfg: Config, source: str, origin: Callable[[str], str] | None = None) -> None:
+    """Registry names are resolved here, where configs are read (``origin``: key -> where it was set)."""
     from students import STUDENTS
     from teachers import TEACHERS
 
@@ -397,7 +415,7 @@ def check_names(cfg: Config, source: str) -> None:
         if name not in registry:
             close = difflib.get_close_matches(name, registry.names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{source}: '{path}' = {name!r} is not registered.{hint} "
+            raise ConfigError(f"{origin(path) if origin else source}: '{path}' = {name!r} is not registered.{hint} "
                               f"Registered: {', '.join(registry.names())}.")
 
 
@@ -498,7 +516,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(doc, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         doc = apply_overrides(doc, overrides)
-    return validate(expand_env(doc), source)
+    return validate(expand_env(doc), source, [item.split("=", 1)[0].strip() for item in overrides or []])
 
 
 def to_yaml(cfg: Config) -> str:

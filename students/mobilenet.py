@@ -69,6 +69,9 @@ class MobileNet(HeadContract, nn.Module):
         normalize: L2-normalise the embedding (match the teacher's convention).
         head_bn: BatchNorm1d after the embedding projection.
 
+    Raises:
+        ValueError: alpha outside (0, 4] or input_size below 32 pixels.
+
     Example::
 
         net = MobileNet(alpha=0.5, input_size=112, embedding_dim=128)
@@ -81,6 +84,8 @@ class MobileNet(HeadContract, nn.Module):
         super().__init__()
         if not 0 < alpha <= 4:
             raise ValueError(f"alpha must be in (0, 4], got {alpha}")
+        if input_size < 32:  # five stride-2 stages: a 32 px input ends at 1x1
+            raise ValueError(f"input_size must be at least 32 pixels, got {input_size}")
         self.alpha, self.input_size = alpha, input_size
         cin = scale_channels(STEM_CHANNELS, alpha)
         self.stem = ConvBNReLU(3, cin, 3, 2)

@@ -44,6 +44,17 @@ def test_profile_unknown_name_is_usage_error() -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("option,value,named", [("--alpha", "0", "alpha"), ("--input-size", "16", "input_size")])
+def test_profile_out_of_range_option_is_usage_error(option: str, value: str, named: str) -> None:
+    res = run_cli("profile", "mobilenet_v1", option, value)
+    assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr
+
+
+def test_profile_says_which_width_it_measured() -> None:
+    res = run_cli("profile", "mobilenet_v1_050", "--alpha", "0.75")
+    assert res.returncode == 0 and res.stdout.startswith("mobilenet_v1_050 at alpha 0.75:")
+
+
 def test_head_options_are_exclusive() -> None:
     res = run_cli("profile", "mobilenet_v1", "--num-classes", "10", "--embedding-dim", "64")
     assert res.returncode == 2

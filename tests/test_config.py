@@ -54,8 +54,16 @@ def test_overrides_are_validated_the_same_way(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"train": {"epochs": 2}}))
     cfg = load_config(f, ["train.epochs=5", "student.input_size=96", "train.loss.cosine=0.5"])
     assert (cfg.train.epochs, cfg.student.input_size, cfg.train.loss.cosine) == (5, 96, 0.5)
-    with pytest.raises(ConfigError, match="Did you mean 'train.epochs'"):
-        load_config(f, ["train.epoch=5"])
+    with pytest.raises(ConfigError, match=r"^--set train.epoch: unknown key 'train.epoch'. Did you mean 'train.epochs'"):
+        load_config(f, ["train.epoch=5"])  # the typo is in --set, not in the file: say so
+    with pytest.raises(ConfigError, match=r"^--set train.loss: unknown key 'train.loss.cosin'"):
+        load_config(f, ['train.loss={"cosin": 1}'])
+    with pytest.raises(ConfigError, match=r"^--set student.name: 'student.name' = 'mobilenet_v1_05' is not"):
+        load_config(f, ["student.name=mobilenet_v1_05"])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"train": {"epoch": 2}}))
+    with pytest.raises(ConfigError, match=rf"^{typo}: unknown key 'train.epoch'"):
+        load_config(typo, ["train.lr=0.1"])  # a typo in the file still names the file
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(f, ["train.epochs"])
     with pytest.raises(ConfigError, match="'train.epochs' = 'x'"):

