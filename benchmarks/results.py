@@ -162,22 +162,30 @@ def _load_study(path: Path) -> tuple[Study, list[Run]]:
 # --------------------------------------------------------------------------- running
 def _distill(args: list[str], log_path: Path, *, threads: int | None = None, echo: bool = True) -> None:
     """Run ``distill ...`` in a subprocess (one run's memory is freed before the next), logging its output."""
-    cmd = [sys.executable, "-m", "distill.cli", *args[1:]]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    rc = run_logged([sys.executable, "-m", "distill.cli", *args[1:]], log_path, env=env, echo=echo,
+                    title=shlex.join(args) + (f", OMP_NUM_THREADS={threads}" if threads else ""))
+    if rc != 0:
+        raise SystemExit(f"`{shlex.join(args)}` failed (exit {rc}); its output is in {log_path}. "
+                         "Fix the cause and run `make results` again: finished runs are kept.")
+
+
+def run_logged(cmd: list[str], log_path: Path, *, env: dict[str, str] | None = None, echo: bool = True,
+               title: str = "") -> int:
+    """Run ``cmd``, appending its output (stdout and stderr) to ``log_path`` line by line as it comes, so
+    ``tail -f`` shows progress while it runs; returns the exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {shlex.join(args)}  # {dt.datetime.now().isoformat(timespec='seconds')}"
-                  + (f", OMP_NUM_THREADS={threads}" if threads else "") + "\n")
-        log.flush()
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}  # the child's prints reach the pipe at once
+    with open(log_path, "a", buffering=1) as log:  # line-buffered: each line is in the file when written
+        log.write(f"\n$ {title or shlex.join(cmd)}  # {dt.datetime.now().isoformat(timespec='seconds')}\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             if echo:
                 sys.stdout.write(line)
+                sys.stdout.flush()
             log.write(line)
-        if proc.wait() != 0:
-            raise SystemExit(f"`{shlex.join(args)}` failed (exit {proc.returncode}); its output is in {log_path}. "
-                             "Fix the cause and run `make results` again: finished runs are kept.")
+        return proc.wait()
 
 
 def cache_command(run: Run) -> list[str]:

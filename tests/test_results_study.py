@@ -55,6 +55,27 @@ def _row(name, group, acc, tar, mult_adds, role="student"):
             "view2": {"accuracy_mean": 0.9873}, "train": {"seconds": 3300, "epochs": 60}}
 
 
+def test_run_logs_reach_the_file_while_the_command_runs(tmp_path):
+    """`tail -f runs/results/logs/NAME.log` must show progress during a run, not when it ends."""
+    import sys
+    import threading
+    import time
+
+    log = tmp_path / "logs" / "x.log"
+    # a child that prints without flushing, then works: only an unbuffered child and a line-buffered log show it
+    child = [sys.executable, "-c", "import sys, time; print('step 1 of 2'); time.sleep(4); sys.exit(3)"]
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(results.run_logged(child, log, echo=False, title="child")))
+    t.start()
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline and "step 1 of 2" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    seen_while_running = "step 1 of 2" in log.read_text() and t.is_alive()
+    t.join()
+    assert seen_while_running and out == [3]
+    assert log.read_text().startswith("\n$ child  # ")
+
+
 def test_targets_say_met_or_missed_and_by_how_much():
     teacher = _row("teacher", "teacher", 0.989, 0.80, 270_854_144, role="teacher")
     missed = results.targets(teacher, _row("flagship", "flagship", 0.90, 0.40, 38_812_288))
