@@ -284,8 +284,14 @@ EVALS = {"eval": "the dlib teacher and its students on LFW", "eval_orl": "the te
          "eval_facenet": "the FaceNet teacher and its students on LFW"}
 
 
-def eval_command(runs: Sequence[Run], which: str = "eval", orl: Path | None = None) -> list[str]:
-    """The ``distill eval`` command of one of :data:`EVALS`."""
+#: the row groups each evaluation writes, in the order its students are passed (teacher first)
+EVAL_GROUPS = {"eval": ("teacher", "flagship", "sweep", "lever", "deploy"), "eval_orl": ("orl",),
+               "eval_facenet": ("facenet_teacher", "facenet")}
+
+
+def eval_command(runs: Sequence[Run], which: str = "eval", orl: Path | None = None,
+                 files: Sequence[str] | None = None) -> list[str]:
+    """The ``distill eval`` command of one of :data:`EVALS`: of the finished runs' students, or of ``files``."""
     if which == "eval_facenet":
         entries, config = eval_entries(runs, facenet=True), next(r.config for r in runs if r.group == "facenet")
         extra: list[str] = []
@@ -296,7 +302,7 @@ def eval_command(runs: Sequence[Run], which: str = "eval", orl: Path | None = No
                  f"eval.pairs=[{orl}]", "--set", "eval.latency=false"]
     else:
         entries, config, extra = eval_entries(runs), runs[0].config, []
-    ckpts = [a for e in entries for a in ("--checkpoint", str(e.path))]
+    ckpts = [a for f in (files if files is not None else [str(e.path) for e in entries]) for a in ("--checkpoint", f)]
     return ["distill", "eval", str(config), *ckpts, *extra, "--out", str(RUNS / which), "--overwrite"]
 
 
@@ -314,7 +320,8 @@ def evaluate_all(runs: Sequence[Run], orl: Path | None = None) -> None:
     """Each evaluation of :data:`EVALS` once: the teacher and its finished students (same pairs, same machine)."""
     for which, entries in _evaluations(runs, orl).items():
         report = RUNS / which / "report.json"
-        if not entries and which != "eval":
+        # a teacher alone is measured once: with no student to add, the committed rows stand
+        if not entries and (which != "eval" or (OUT / "teacher.json").exists()):
             continue
         if report.exists() and _eval_covers(report, entries):
             print(f"{which}: {report} is newer than every student, kept", flush=True)
@@ -355,6 +362,10 @@ def model_row(model: ModelResult, entry: Entry | None) -> dict[str, Any]:
     }
     if v2 is not None:
         row["view2"] = {k: getattr(v2, k) for k in ("accuracy_mean", "accuracy_std", "n_pairs")}
+    if entry is not None and entry.group == "deploy" and entry.path.name.endswith(".int8.onnx"):
+        record = entry.path.with_name("student.onnx.export.json")  # the export's own int8 check
+        if record.exists():
+            row["int8_check"] = json.loads(record.read_text()).get("accuracy")
     if run is not None:
         rep = load_report(run.dir)
         train_cfg = rep.config.get("train") or {}
@@ -376,26 +387,68 @@ def read_curve(path: Path) -> list[dict[str, float]]:
 
 
 def collect(runs: Sequence[Run], orl: Path | None = None) -> list[dict[str, Any]]:
-    """Rows of every evaluation: the dlib teacher first, its students, then ORL and FaceNet rows (group-tagged)."""
+    """Rows of every evaluation: the dlib teacher first, its students, then ORL and FaceNet rows (group-tagged).
+
+    Rows come from the evaluation reports under ``RUNS``; a row that no report on this machine holds (its run
+    folder is gone: ``RUNS`` is not committed) is kept from ``OUT/<name>.json`` and marked ``kept``, so
+    re-running part of the study never drops the rest of it from RESULTS.md."""
+    rows = _fresh_rows(runs, orl)
+    fresh = {r["name"] for r in rows}
+    rows += [r | {"kept": True} for r in committed_rows(runs) if r["name"] not in fresh]
+    rows.sort(key=_row_order(runs))
+    if not rows or rows[0]["group"] != "teacher":
+        raise SystemExit(f"no evaluation yet ({RUNS / 'eval' / 'report.json'}, {OUT / 'teacher.json'}); "
+                         "run `make results` (or without --report-only)")
+    return rows
+
+
+def committed_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """The rows in ``OUT/*.json`` that still belong to the plan (a teacher, a run, its ORL or deployed row)."""
+    names = {r.name for r in runs}
+    out = []
+    for p in sorted(OUT.glob("*.json")):
+        row = json.loads(p.read_text())
+        if isinstance(row, dict) and row.get("group") and _base_name(row) in names | {"teacher"}:
+            out.append(row)
+    return out
+
+
+def _base_name(row: dict[str, Any]) -> str:
+    """The plan run a row belongs to ("teacher" for the teachers): orl_X -> X, flagship_onnx_* -> flagship."""
+    if row["group"] in ("teacher", "facenet_teacher") or row["name"] == "orl_teacher":
+        return "teacher"
+    if row["group"] == "deploy":
+        return "flagship"
+    return row["name"].removeprefix("orl_")
+
+
+def _row_order(runs: Sequence[Run]):
+    """Sort key: evaluation groups in :data:`EVAL_GROUPS` order, teacher first, then plan order, then name."""
+    groups = [g for gs in EVAL_GROUPS.values() for g in gs]
+    plan = {r.name: i for i, r in enumerate(runs)}
+    return lambda r: (groups.index(r["group"]), _base_name(r) != "teacher", plan.get(_base_name(r), -1), r["name"])
+
+
+def _fresh_rows(runs: Sequence[Run], orl: Path | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for which, entries in _evaluations(runs, orl).items():
         report = RUNS / which / "report.json"
         if not report.exists():
-            if which == "eval":
-                raise SystemExit(f"no evaluation yet ({report}); run `make results` (or without --report-only)")
             continue
         models = load_report(report).models
         if len(models) != len(entries) + 1:
             raise SystemExit(f"{report} holds {len(models) - 1} students but there are {len(entries)} to show; "
                              "run `make results` again to re-evaluate")
         tag = {"eval": "", "eval_orl": "orl_", "eval_facenet": ""}[which]
-        teacher = model_row(models[0], None) | ({"name": f"{tag}teacher" if tag else "teacher"} if which != "eval_facenet"
-                                               else {"name": "facenet_teacher", "group": "facenet_teacher"})
+        measured = {"measured": dt.date.fromtimestamp(report.stat().st_mtime).isoformat()}
+        teacher = model_row(models[0], None) | measured | (
+            {"name": f"{tag}teacher" if tag else "teacher"} if which != "eval_facenet"
+            else {"name": "facenet_teacher", "group": "facenet_teacher"})
         if which == "eval_orl":
             teacher["group"] = "orl"
         rows.append(teacher)
         for m, e in zip(models[1:], entries):
-            row = model_row(m, e)
+            row = model_row(m, e) | measured
             if which == "eval_orl":
                 row.update(name=f"orl_{e.name}", group="orl")
             rows.append(row)
@@ -489,6 +542,7 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         f"(`{RUNS}/eval*/report.json`) and each run's `report.json` (curves: its `eval.csv`); the notes name "
         f"their own sources. `{RUNS}/` is not committed: `{OUT}/*.json` keeps each row's numbers and command.",
         "",
+        *_kept_lines(rows),
         "## Protocol",
         "- Data: LFW deep-funneled (`../shared/data/lfw`), every face aligned the dlib way (5 landmarks, "
         "150 px chip); the student sees the same chip resized to its input size.",
@@ -509,7 +563,8 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         out += ["## Headline", "", *targets(teacher, flag), ""]
     out += ["## Teacher and students", "", TABLE_HEAD, _row_md(teacher)]
     out += [_row_md(r) for r in by_group("flagship") + by_group("sweep")]
-    missing = [r.name for r in runs if not r.finished]
+    shown = {_base_name(r) for r in rows}
+    missing = [r.name for r in runs if r.name not in shown]
     sweep = by_group("sweep")
     out += ["", "`trained`: wall time of training (the teacher cache is built once, before) and optimiser steps "
             "(batch 64). The flagship trained alone on every core"
@@ -529,8 +584,10 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
                        f"{r['fidelity_mean']:.3f} | {r['images_per_s'] or 0:.0f} | "
                        f"{(r.get('file_bytes') or 0) / 2**20:.1f} MiB |")
         flag_run = next(x for x in runs if x.group == "flagship")
+        int8 = next((r for r in deploy if r.get("int8_check")), None)
         out += ["", f"Exported with `{shlex.join(export_command(flag_run))}` (int8: the recommended recipe of "
-                "docs/int8.md, calibrated on training images)." + _int8_check_line(flag_run), ""]
+                "docs/int8.md, calibrated on training images)." + (_int8_check_line(int8["int8_check"]) if int8
+                                                                   else ""), ""]
     out += levers_section(by_group("lever"), runs, jobs)
     out += orl_section(by_group("orl"))
     out += facenet_section([r for r in rows if r["group"] in ("facenet_teacher", "facenet")], runs)
@@ -539,18 +596,27 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         "```", "", "Export of the flagship (the deployed rows; `make results` runs it before the evaluations):",
         "```", *([shlex.join(export_command(f)) for f in runs if f.group == "flagship"]), "```", "",
         "Evaluations (the numbers above; each measures a teacher and its students on the same pairs):",
-        "```", *[shlex.join(eval_command(runs, w, orl)) for w in EVALS if w != "eval_orl" or orl is not None], "```", "",
+        "```", *[shlex.join(eval_command(runs, w, orl, files=[r["file"] for r in rows if r["group"] in groups
+                                                               and r["role"] != "teacher"]))
+                 for w, groups in EVAL_GROUPS.items() if w != "eval_orl" or orl is not None], "```", "",
         "Re-evaluate the committed flagship checkpoint alone (a few minutes; prints the same DevTest and "
         "all-pairs numbers):", "```", REEVAL, "```", ""]
     return "\n".join(out)
 
 
-def _int8_check_line(flag: Run) -> str:
-    """The export's own int8 check from its record (``student.onnx.export.json``), as one sentence."""
-    path = flag.dir / "student.onnx.export.json"
-    acc = json.loads(path.read_text()).get("accuracy") if path.exists() else None
-    if not acc:
-        return ""
+def _kept_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Which rows were kept from an earlier run of the study (see :func:`collect`), as one paragraph."""
+    kept = [r["name"] for r in rows if r.get("kept")]
+    if not kept:
+        return []
+    fresh = sorted({r["measured"] for r in rows if not r.get("kept") and r.get("measured")})
+    return [f"Kept from an earlier run of this study (their `{RUNS}/` folders are not on the machine that wrote "
+            f"this page; numbers and commands from `{OUT}/NAME.json`): {', '.join(kept)}."
+            + (f" The other rows were measured on {', '.join(fresh)}." if fresh else ""), ""]
+
+
+def _int8_check_line(acc: dict[str, Any]) -> str:
+    """The export's own int8 check (the ``accuracy`` record of ``student.onnx.export.json``), as one sentence."""
     a, t, tol = acc["accuracy"], acc["tar"], acc["tolerance"]
     misses = "; ".join(acc.get("misses") or [])
     return (f" Its int8 check on {acc['n_pairs']:,} DevTest pairs: accuracy {_pct(a['fp32'])} -> {_pct(a['int8'])}, "
@@ -691,7 +757,8 @@ def write_outputs(runs: Sequence[Run], jobs: int = 1, orl: Path | None = None) -
     rows = collect(runs, orl)
     OUT.mkdir(exist_ok=True)
     for r in rows:
-        atomic_write_json(OUT / f"{r['name']}.json", r)
+        if not r.get("kept"):
+            atomic_write_json(OUT / f"{r['name']}.json", r)
     plot(rows, OUT / "accuracy_vs_mult_adds.png")
     plot_curves([r for r in rows if r["group"] in ("lever", "flagship")], OUT / "levers_curves.png")
     flag = next((r for r in runs if r.group == "flagship" and r.finished), None)

@@ -52,7 +52,8 @@ def _row(name, group, acc, tar, mult_adds, role="student"):
             "images_per_s": 1200.0, "images_per_s_bf16": 1400.0, "fidelity_mean": None if role == "teacher" else 0.95,
             "devtest": {"accuracy_mean": acc, "accuracy_std": 0.02, "auc": 0.9, "eer": 0.1, "n_pairs": 1000},
             "all_pairs": {"tar_at_far": {"0.001": tar}, "n_genuine": 5000, "n_impostor": 3_700_000},
-            "view2": {"accuracy_mean": 0.9873}, "train": {"seconds": 3300, "epochs": 60}}
+            "view2": {"accuracy_mean": 0.9873}, "train": {"seconds": 3300, "epochs": 60},
+            "file": None if role == "teacher" else f"runs/results/{name}/student.pt"}
 
 
 def test_run_logs_reach_the_file_while_the_command_runs(tmp_path):
@@ -109,8 +110,41 @@ def test_results_page_renders_every_section_from_rows(tmp_path, monkeypatch):
     assert "| +1.00 ~ |" in page  # within the fold std: marked as no difference
     assert "22 min of training each, 2 runs at once" in page and "hand-written" in page
     assert "| 64.0% |" in page  # ORL: student / teacher TAR@1e-3
-    assert "Not run yet: flagship, sweep_100_128" in page
+    assert "Not run yet: sweep_100_128, sweep_100_96, sweep_075_128" in page  # a run with a row is shown
     assert results.REEVAL in page and "3,700,000 impostor" in page
+
+
+def test_rows_whose_run_folders_are_gone_are_kept_from_the_committed_json(tmp_path, monkeypatch):
+    """A fresh machine re-running part of the study (runs/results/ is not committed) must not drop the rest."""
+    import json
+
+    monkeypatch.setattr(results, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(results, "OUT", tmp_path / "results")
+    runs = results.load_plan()
+    with pytest.raises(SystemExit, match="no evaluation yet"):
+        results.collect(runs)
+    (tmp_path / "results").mkdir()
+    flag = _row("flagship", "flagship", 0.90, 0.40, 38_812_288) | {
+        "file": "runs/results/flagship/student.pt", "budget_minutes": 55, "file_bytes": 3_600_000}
+    int8 = _row("flagship_onnx_int8", "deploy", 0.895, 0.39, 38_812_288) | {
+        "file": "runs/results/flagship/student.int8.onnx", "file_bytes": 1_000_000, "int8_check": {
+            "n_pairs": 1000, "accuracy": {"fp32": 0.9, "int8": 0.895}, "tar": {"fp32": 0.4, "int8": 0.39},
+            "mean_cosine": 0.9991, "misses": [], "tolerance": {"max_accuracy_drop": 0.5, "max_tar_drop": 2,
+                                                               "min_cosine": 0.99}}}
+    rows = [int8, flag, _row("teacher", "teacher", 0.989, 0.80, 270_854_144, role="teacher"),
+            _row("sweep_999_64", "sweep", 0.5, 0.0, 1)]  # a run the plan no longer has: dropped
+    for r in rows:
+        (tmp_path / "results" / f"{r['name']}.json").write_text(json.dumps(r))
+    kept = results.collect(runs)
+    assert [r["name"] for r in kept] == ["teacher", "flagship", "flagship_onnx_int8"]
+    assert all(r["kept"] for r in kept)
+    page = results.render(kept, runs, "", jobs=2)
+    assert "Kept from an earlier run of this study" in page and "teacher, flagship, flagship_onnx_int8." in page
+    assert "Not run yet: sweep_100_128" in page and "Not run yet: flagship" not in page
+    assert "accuracy 90.00 -> 89.50" in page  # the int8 check travels with its row
+    assert "--checkpoint runs/results/flagship/student.pt --checkpoint runs/results/flagship/student.int8.onnx" in page
+    results.write_outputs(runs)  # kept rows are not rewritten: their files stay byte for byte
+    assert json.loads((tmp_path / "results" / "flagship.json").read_text()) == flag
 
 
 @pytest.mark.slow
