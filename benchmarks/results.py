@@ -723,7 +723,8 @@ def facenet_section(rows: list[dict[str, Any]], runs: Sequence[Run]) -> list[str
     for r in rows:
         d, t = r["devtest"], _tar(r["all_pairs"])
         student = r is not teacher
-        minutes = f"{(r.get('train') or {}).get('seconds', 0) / 60:.0f} min" if student else ""
+        tr = r.get("train") or {}
+        minutes = f"{tr.get('seconds', 0) / 60:.0f} min, {tr.get('steps', '?')} steps" if student else ""
         acc_ratio = f"{d['accuracy_mean'] / t_acc:.3f}" if student and t_acc else ""
         tar_ratio = f"{t / t_tar:.3f}" if student and t_tar and t is not None else ""
         fid = "" if r["fidelity_mean"] is None else f"{r['fidelity_mean']:.3f}"

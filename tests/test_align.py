@@ -525,8 +525,20 @@ def _no_align_workers() -> bool:
     return not [p for p in mp.active_children() if p.name.startswith("align-worker")]
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's Ctrl-C handler, as in a terminal: a process started in the background (`make test &` in a
+    script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("action", ["sigint", "crash"])
-def test_ctrl_c_or_a_dead_worker_stops_the_run_keeping_finished_batches(small_root, tmp_path, landmarkers, action):
+def test_ctrl_c_or_a_dead_worker_stops_the_run_keeping_finished_batches(small_root, tmp_path, landmarkers, action,
+                                                                       python_sigint):
     kw = dict(template="dlib_150", backend="dlib", cache_dir=tmp_path / "cache", progress=False, batch_size=1)
     trip = _Tripwire(landmarkers["dlib"], at=4, action=action)
     with pytest.raises(KeyboardInterrupt if action == "sigint" else align.WorkerError,
