@@ -42,6 +42,7 @@ PLAN = Path("configs/studies/lfw.yaml")
 RUNS = Path("runs/results")
 OUT = Path("results")
 FLAGSHIP_CKPT = OUT / "flagship_student.pt"
+PAGE = Path("RESULTS.md")
 MAX_CHECKPOINT_BYTES = 5 * 1024 * 1024
 MAIN_PROTOCOL, ALL_PAIRS, VIEW2 = "DevTest", "DevTest-all-pairs", "View2"
 TARGET_FAR = "0.001"
@@ -771,7 +772,7 @@ def write_outputs(runs: Sequence[Run], jobs: int = 1, orl: Path | None = None) -
         atomic_write(FLAGSHIP_CKPT, lambda f: f.write((flag.dir / "student.pt").read_bytes()))
     notes_path = OUT / "NOTES.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
-    return atomic_write_text("RESULTS.md", render(rows, runs, notes, jobs, orl))
+    return atomic_write_text(PAGE, render(rows, runs, notes, jobs, orl))
 
 
 # --------------------------------------------------------------------------- main

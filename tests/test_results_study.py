@@ -120,6 +120,7 @@ def test_rows_whose_run_folders_are_gone_are_kept_from_the_committed_json(tmp_pa
 
     monkeypatch.setattr(results, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(results, "OUT", tmp_path / "results")
+    monkeypatch.setattr(results, "PAGE", tmp_path / "RESULTS.md")  # never the project's page
     runs = results.load_plan()
     with pytest.raises(SystemExit, match="no evaluation yet"):
         results.collect(runs)
