@@ -91,7 +91,8 @@ class DataSettings(Section):
     workers: int = Field(0, ge=0, le=64, description=(
         "worker processes for face alignment and for the training DataLoader's augmentation "
         "(0 = in the main process). On 2 cores, 2 workers aligned large photos 6.6x "
-        "faster and trained 1.17x faster in cached mode (BENCHMARKS.md sections 4 and 9); the shipped configs set "
+        "faster (BENCHMARKS.md section 9); training in cached mode gained 1.00x to 1.17x over three runs of section 4 "
+        "(machine noise at this size); the shipped configs set "
         "it, the library default stays 0 (no processes behind an API caller's back)"))
 
 
@@ -104,7 +105,7 @@ class TeacherSettings(Section):
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the teacher")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
         "teacher inference precision for training targets: bf16 autocast (cosine >= 0.9999 to fp32) pays off "
-        "only on CPUs with AMX; without AMX it ran at 0.84x (FaceNet) and 0.84x (dlib) of fp32 here "
+        "only on CPUs with AMX; without AMX it ran at 0.84x of fp32 for both FaceNet and dlib here "
         "(BENCHMARKS.md section 1); auto = bf16 where the CPU has AMX, else fp32; evaluation always runs the "
         "teacher in fp32"))
     batch_size: int = Field(128, ge=1, le=4096, description="batch size of teacher inference (cache building)")

@@ -301,7 +301,8 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
         return teacher.embed(faces.to(device)).float().cpu().numpy()
 
     return _fill(path, key, (len(views), num_views, int(teacher.embedding_dim)), np.asarray(views.indices),
-                 compute, batch_size, f"teacher cache ({teacher.name}, K={num_views}, {getattr(teacher, 'precision', 'fp32')})", prepare)
+                 compute, batch_size,
+                 f"teacher cache ({teacher.name}, K={num_views}, {getattr(teacher, 'precision', 'fp32')})", prepare)
 
 
 def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, dim: int, views: FaceViews,
