@@ -632,35 +632,62 @@ def _change(run: Run, skip: set[str], base: Run | None = None) -> str:
     return ", ".join(f"`{o}`" for o in run.overrides if o.split("=")[0] not in skip and o not in same) or "none"
 
 
+def lever_parents(arms: Sequence[Run]) -> dict[str, Run | None]:
+    """Each arm's parent: the arm whose changes from ``lever_baseline`` are the largest proper subset of its own.
+
+    The baseline's parent is None; an arm that shares no change with another arm has the baseline as parent.
+    So ``ema`` (target scale + EMA) is compared with ``target_scale``, not with the baseline.
+    """
+    base = next((r for r in arms if r.name == "lever_baseline"), None)
+    base_set = set(base.overrides) if base is not None else set()
+    changes = {r.name: set(r.overrides) - base_set for r in arms}
+    parents: dict[str, Run | None] = {}
+    for r in arms:
+        if r is base:
+            parents[r.name] = None
+            continue
+        subsets = [p for p in arms if p is not r and changes[p.name] < changes[r.name]]
+        parents[r.name] = max(subsets, key=lambda p: len(changes[p.name]), default=base)
+    return parents
+
+
+def _vs(r: dict[str, Any], parent: dict[str, Any] | None) -> tuple[str, str]:
+    """Accuracy and TAR@1e-3 differences vs the parent row in points; "~" where inside the fold deviation."""
+    if parent is None:
+        return "", ""
+    d, p = r["devtest"], parent["devtest"]
+    delta = d["accuracy_mean"] - p["accuracy_mean"]
+    noise = max(d["accuracy_std"], p["accuracy_std"])
+    t, pt = _tar(r["all_pairs"]), _tar(parent["all_pairs"])
+    return (f"{100 * delta:+.2f}" + (" ~" if abs(delta) < noise else ""),
+            "" if t is None or pt is None else f"{100 * (t - pt):+.1f}")
+
+
 def levers_section(levers: list[dict[str, Any]], runs: Sequence[Run], jobs: int) -> list[str]:
-    """The recipe arms at equal wall time: final numbers, differences vs the baseline, learning curves."""
+    """The recipe arms at equal wall time: final numbers, differences vs each arm's parent, learning curves."""
     if not levers:
         return []
-    base = next((r for r in levers if r["name"] == "lever_baseline"), None)
     skip = {"train.max_minutes", "eval.latency", "eval.identification", "train.eval_every"}
-    base_run = next((x for x in runs if x.name == "lever_baseline"), None)
+    arms = [x for x in runs if x.group == "lever"]
+    parents = lever_parents(arms)
+    rows = {r["name"]: r for r in levers}
     out = [f"## Levers measured (0.5 MobileNet-112, {_budget(levers[0])} of training each, {jobs} runs at once)", "",
-           "Each arm is the baseline recipe with the changes listed (the baseline row lists its own settings: the "
-           "earlier flagship recipe). "
+           "Each arm is its parent arm with the changes listed (the baseline row lists its own settings: the "
+           "earlier flagship recipe; an arm's parent is the arm whose changes it extends, else the baseline). "
            "A difference smaller than the larger of the two runs' fold standard deviations is no difference "
            "(marked ~).", "",
-           "| run | changes | DevTest acc % | vs baseline | TAR@1e-3 % (all pairs) | vs baseline | cos to teacher | "
-           "steps | samples/s |", "|---|---|---|---|---|---|---|---|---|"]
+           "| run | parent | changes | DevTest acc % | vs parent | TAR@1e-3 % (all pairs) | vs parent | "
+           "cos to teacher | steps | samples/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in levers:
         run = next(x for x in runs if x.name == r["name"])
-        d, t = r["devtest"], _tar(r["all_pairs"])
-        dacc = dtar = ""
-        if base is not None and r is not base:
-            delta = d["accuracy_mean"] - base["devtest"]["accuracy_mean"]
-            noise = max(d["accuracy_std"], base["devtest"]["accuracy_std"])
-            dacc = f"{100 * delta:+.2f}" + (" ~" if abs(delta) < noise else "")
-            bt = _tar(base["all_pairs"])
-            dtar = "" if t is None or bt is None else f"{100 * (t - bt):+.1f}"
+        parent = parents.get(run.name)
+        dacc, dtar = _vs(r, rows.get(parent.name) if parent is not None else None)
+        shown = parent if parent is not None else next((x for x in arms if x.name == "lever_baseline"), None)
         tr = r.get("train") or {}
-        out.append(f"| {r['name']} | {_change(run, skip, base_run)} | "
-                   f"{_pct(d['accuracy_mean'])} ± {_pct(d['accuracy_std'])} | "
-                   f"{dacc} | {_pct(t, 1)} | {dtar} | {r['fidelity_mean']:.3f} | {tr.get('steps', '')} | "
-                   f"{tr.get('samples_per_s', '')} |")
+        out.append(f"| {r['name']} | {parent.name if parent is not None else ''} | {_change(run, skip, shown)} | "
+                   f"{_pct(r['devtest']['accuracy_mean'])} ± {_pct(r['devtest']['accuracy_std'])} | "
+                   f"{dacc} | {_pct(_tar(r['all_pairs']), 1)} | {dtar} | {r['fidelity_mean']:.3f} | "
+                   f"{tr.get('steps', '')} | {tr.get('samples_per_s', '')} |")
     out += ["", f"![learning curves of the levers]({OUT}/levers_curves.png)", "",
             "Curves: the student evaluated during training (`train.eval_every`) on DevTest (accuracy) and on every "
             "pair of the DevTest people (TAR@FAR=1e-3), against training minutes; the flagship's curve (the chosen "
@@ -717,7 +744,7 @@ def facenet_section(rows: list[dict[str, Any]], runs: Sequence[Run]) -> list[str
            "The MobileNets paper (section 4.7, Table 14) distilled FaceNet into a 1.0 MobileNet-160 and kept 0.957 of "
            "its accuracy. Here on the same LFW identity-disjoint protocol as above, FaceNet's embedding (512-D, "
            f"normalised; MTCNN 160 px crops) cached in {_facenet_precision(runs)} (`teacher.precision: auto`: bf16 "
-           "only where the CPU has AMX, BENCHMARKS.md section 1):", "",
+           f"only where the CPU has AMX, BENCHMARKS.md section 1), {_facenet_recipe(runs)}:", "",
            "| model | mult-adds | trained | DevTest acc % | acc ratio | TAR@1e-3 % (all pairs) | TAR ratio | "
            "cos to teacher |", "|---|---|---|---|---|---|---|---|"]
     t_acc, t_tar = teacher["devtest"].get("accuracy_mean"), _tar(teacher["all_pairs"])
@@ -740,6 +767,18 @@ def facenet_section(rows: list[dict[str, Any]], runs: Sequence[Run]) -> list[str
                 f"10-fold threshold CV): **{_pct(v2['accuracy_mean'])} ± {_pct(v2['accuracy_std'])}** (target 98.5; "
                 "Sandberg and facenet-pytorch publish 99.05 for this model with their own alignment).", ""]
     return out
+
+
+def _facenet_recipe(runs: Sequence[Run]) -> str:
+    """How the FaceNet runs' students learn the unit-length embedding, read from their config."""
+    fn = next((r for r in runs if r.group == "facenet"), None)
+    if fn is None:
+        return "learned as the config says"
+    cfg = load_config(fn.config, list(fn.overrides))
+    if cfg.student.normalize is False and cfg.train.loss.normalize is False:
+        return ("learned as raw targets with `train.target_scale` (student and loss not normalised; the students "
+                "are scored by Euclidean distance)")
+    return "learned as unit vectors (student and loss L2-normalised; scored by cosine)"
 
 
 def _facenet_precision(runs: Sequence[Run]) -> str:

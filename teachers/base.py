@@ -50,6 +50,8 @@ class Teacher(nn.Module):
     normalized: bool
     #: False for black-box teachers (precomputed embeddings) that cannot embed pixels
     can_embed: bool = True
+    #: run :meth:`embed` channels_last (False where the forward may reshape its input with ``view``)
+    channels_last: bool = True
 
     def __init__(self, *, name: str, preprocessing: Preprocessing, embedding_dim: int, normalized: bool,
                  precision: str = "fp32") -> None:
@@ -71,7 +73,7 @@ class Teacher(nn.Module):
         if value not in PRECISIONS:
             raise ValueError(f"teacher precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
         self._precision = resolve_precision(value)
-        self._channels_last = False  # the weights are converted lazily, on the first bf16 embed
+        self._channels_last = False  # the weights are converted lazily, on the first embed
 
     # A teacher never trains: a surrounding module's .train() must not switch on
     # dropout or batch-norm updates (FaceNet's Dropout(0.6) would ruin targets).
@@ -80,15 +82,23 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
-        """Aligned faces (uint8/float 0..255, NHWC or NCHW, any size) -> (B, D) float32 embeddings."""
+        """Aligned faces (uint8/float 0..255, NHWC or NCHW, any size) -> (B, D) float32 embeddings.
+
+        Runs channels_last where :attr:`channels_last` (the weights are converted on the first call), with bf16
+        autocast when :attr:`precision` is bf16."""
         self.eval()
         x = self.preprocessing(faces)
         ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if self.precision == "bf16":
+        if x.dim() == 4 and self.channels_last:
+            # channels_last in fp32 too: 1.41x (dlib) and 1.29x (FaceNet) the NCHW rate here (BENCHMARKS.md
+            # section 1, fp32 vs fp32_cl), outputs equal to fp32 NCHW within float rounding
             if not self._channels_last:
                 self.to(memory_format=torch.channels_last)
                 self._channels_last = True
             x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.contiguous()  # NHWC input arrives as a permuted view
+        if self.precision == "bf16":
             ctx = torch.autocast(x.device.type, dtype=torch.bfloat16)
         with ctx:
             out = self(x)
@@ -108,6 +118,8 @@ class Teacher(nn.Module):
 
 class CallableTeacher(Teacher):
     """Wrap any ``nn.Module`` or callable that maps preprocessed (B,3,S,S) input to (B,D)."""
+
+    channels_last = False  # the user's code may ``view`` its input: it gets plain NCHW tensors
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, name: str, preprocessing: Preprocessing,
                  embedding_dim: int, normalized: bool, precision: str = "fp32") -> None:

@@ -99,15 +99,20 @@ def test_results_page_renders_every_section_from_rows(tmp_path, monkeypatch):
     base = _row("lever_baseline", "lever", 0.85, 0.2, 38_812_288) | {"budget_minutes": 22}
     scaled = _row("lever_target_scale", "lever", 0.90, 0.3, 38_812_288) | {"budget_minutes": 22}
     ema = _row("lever_ema", "lever", 0.86, 0.25, 38_812_288) | {"budget_minutes": 22}
+    sim = _row("lever_similarity", "lever", 0.89, 0.28, 38_812_288) | {"budget_minutes": 22}
     orl_t = _row("orl_teacher", "orl", 0.99, 0.97, 270_854_144, role="teacher") | {"protocols": {"orl": {
         "accuracy_mean": 0.998, "eer": 0.02, "tar_at_far": {"0.001": 0.965}, "n_genuine": 1800, "n_impostor": 78000}}}
     orl_s = _row("orl_flagship", "orl", 0.99, 0.6, 38_812_288) | {"protocols": {"orl": {
         "accuracy_mean": 0.99, "eer": 0.08, "tar_at_far": {"0.001": 0.618}}}}
-    page = results.render([teacher, flag, sweep, int8, base, scaled, ema, orl_t, orl_s], runs,
+    page = results.render([teacher, flag, sweep, int8, base, scaled, ema, sim, orl_t, orl_s], runs,
                           "## Notes\nhand-written", jobs=2)
     assert "| **flagship** |" in page and "| sweep_025_96 |" in page and "student.int8.onnx" in page
-    assert "| lever_target_scale | `train.target_scale=true`" in page and "| 90.00 ± 2.00 | +5.00 |" in page
-    assert "| +1.00 ~ |" in page  # within the fold std: marked as no difference
+    assert "| lever_target_scale | lever_baseline | `train.target_scale=true` |" in page
+    assert "| 90.00 ± 2.00 | +5.00 |" in page
+    # an arm that extends another is compared with it, and shows only what it adds
+    assert "| lever_ema | lever_target_scale | `train.ema=0.999` | 86.00 ± 2.00 | -4.00 |" in page
+    assert "| lever_similarity | lever_target_scale | `train.loss=" in page
+    assert "| -1.00 ~ |" in page  # within the fold std: marked as no difference
     assert "22 min of training each, 2 runs at once" in page and "hand-written" in page
     assert "| 64.0% |" in page  # ORL: student / teacher TAR@1e-3
     assert "Not run yet: sweep_100_128, sweep_100_96, sweep_075_128" in page  # a run with a row is shown

@@ -84,6 +84,30 @@ def test_bf16_close_to_fp32(faces: torch.Tensor, name: str, options: dict) -> No
     assert t16.fingerprint() != t32.fingerprint() and t16.weights_fingerprint() == t32.weights_fingerprint()
 
 
+@pytest.mark.parametrize("name", EMBEDDING_TEACHERS)
+def test_fp32_embed_runs_channels_last_with_nchw_outputs(faces: torch.Tensor, name: str) -> None:
+    """embed() runs channels_last for speed (BENCHMARKS section 1); its fp32 outputs are the NCHW network's."""
+    torch.manual_seed(2)
+    ref_teacher = TEACHERS.build(name, weights=None)
+    t = TEACHERS.build(name, weights=None)
+    t.load_state_dict(ref_teacher.state_dict())
+    with torch.no_grad():
+        ref = ref_teacher(ref_teacher.preprocessing(faces))  # plain NCHW tensors and weights
+    out = t.embed(faces)
+    conv = next(m for m in t.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())), (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_custom_callable_teacher_gets_plain_nchw_input(faces: torch.Tensor, precision: str) -> None:
+    """A user's callable may ``view`` its input: CallableTeacher never hands it a channels_last tensor."""
+    pre = Preprocessing(16, mean=(127.5,) * 3, std=(127.5,) * 3, alignment="arcface_112")
+    t = CallableTeacher(lambda x: x.view(x.shape[0], -1)[:, :4], name="viewer", preprocessing=pre,
+                        embedding_dim=4, normalized=False, precision=precision)
+    assert t.embed(faces).shape == (3, 4)
+
+
 def test_bad_precision_rejected() -> None:
     with pytest.raises(ValueError, match="bf16"):
         TEACHERS.build("dlib_resnet", weights=None, precision="fp16")
