@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from distill.errors import InputError
@@ -304,6 +304,12 @@ class Config(Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     out: Path = Field(Path("runs/run"), description="run directory")
+    #: dotted key (``eval.pairs[0].file``) -> the environment variables its value in the file was built from
+    _env_vars: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
+
+    def env_vars(self, key: str) -> tuple[str, ...]:
+        """The environment variables (``${VAR}``) the config file built ``key``'s value from; () if none."""
+        return self._env_vars.get(key, ())
 
     @field_validator("name")
     @classmethod
@@ -423,6 +429,18 @@ def check_names(cfg: Config, source: str, origin: Callable[[str], str] | None = 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def env_vars_by_key(doc: Any, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Every string value of a raw YAML document that uses ``${VAR}``s: dotted key -> the variables' names."""
+    if isinstance(doc, str):
+        names = tuple(m.group(1) for m in _ENV.finditer(doc))
+        return {prefix: names} if names else {}
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    out: dict[str, tuple[str, ...]] = {}
+    for k, v in items:
+        out |= env_vars_by_key(v, f"{prefix}[{k}]" if isinstance(k, int) else f"{prefix}.{k}" if prefix else str(k))
+    return out
+
+
 def expand_env(value: Any) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML document.
 
@@ -500,6 +518,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     doc: Any = {}
     source = "config"
+    env: dict[str, tuple[str, ...]] = {}
     if path is not None:
         path = Path(path)
         source = str(path)
@@ -512,12 +531,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if doc is None:
             doc = {}
         if isinstance(doc, dict):
+            env = env_vars_by_key(doc)  # before anchor_paths expands the input paths
             doc = anchor_paths(doc, path.resolve().parent)
     if overrides:
         if not isinstance(doc, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         doc = apply_overrides(doc, overrides)
-    return validate(expand_env(doc), source, [item.split("=", 1)[0].strip() for item in overrides or []])
+    set_keys = [item.split("=", 1)[0].strip() for item in overrides or []]
+    cfg = validate(expand_env(doc), source, set_keys)
+    # so a missing path's error can name the variable to set (a --set value replaced the file's)
+    cfg._env_vars = {k: v for k, v in env.items()
+                     if not any(k == s or k.startswith((s + ".", s + "[")) for s in set_keys)}
+    return cfg
 
 
 def to_yaml(cfg: Config) -> str:

@@ -42,7 +42,7 @@ def find_problems(cfg: Config) -> list[str]:
             problems.append("data.root must name an identity-folder tree when data.source is 'folder'")
         elif not cfg.data.root.is_dir():
             problems.append(f"training faces: data.root {cfg.data.root} does not exist (an identity-folder tree "
-                            f"root/<identity>/<image>; set data.root, or the environment variable the config uses)")
+                            f"root/<identity>/<image>; {_remedy(cfg, 'data.root')})")
         for p in cfg.data.exclude_identities_in:
             if not p.is_file() and not cfg.eval.download_lfw:
                 problems.append(f"data.exclude_identities_in: {p} does not exist")
@@ -58,12 +58,22 @@ def find_problems(cfg: Config) -> list[str]:
     root = cfg.eval.images_root or cfg.data.root
     if any(s.file is not None for s in cfg.eval.pairs) and root is not None and not Path(root).is_dir():
         missing.setdefault(f"{root}/", "eval.images_root" if cfg.eval.images_root else "data.root")
-    why = "set the key (or the environment variable the config reads for it) to a local copy"
+    offline = ""
     if missing and cfg.eval.download_lfw:
         from distill.data.download import LFW_URL, is_reachable
 
         if is_reachable(LFW_URL):
             missing = {}  # downloaded when the data is prepared
         else:
-            why = f"the LFW download from {LFW_URL} is impossible offline; {why}"
-    return problems + [f"evaluation data: {path} ({key}) is missing; {why}" for path, key in missing.items()]
+            offline = f"the LFW download from {LFW_URL} is impossible offline; "
+    return problems + [f"evaluation data: {path} ({key}) is missing; {offline}{_remedy(cfg, key)} to a local copy"
+                       for path, key in missing.items()]
+
+
+def _remedy(cfg: Config, key: str) -> str:
+    """How to point ``key`` elsewhere: the environment variable its value came from, if any, or the key."""
+    # eval.pairs entries may be plain strings: eval.pairs[i] is then what eval.pairs[i].file names
+    names = cfg.env_vars(key) or cfg.env_vars(key.removesuffix(".file"))
+    if names:
+        return f"set the environment variable {' or '.join(names)} (the config builds {key} from it) or {key}"
+    return f"set {key}"

@@ -99,6 +99,26 @@ def test_env_expansion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         load_config(f)
 
 
+def test_a_missing_path_names_the_environment_variable_it_came_from(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped configs build data paths from ${FACEDISTILL_...}: the remedy must name that variable."""
+    from distill.preflight import find_problems
+
+    monkeypatch.delenv("MY_FACES", raising=False)
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  source: folder\n  root: ${MY_FACES:-nowhere/faces}\n"
+                 "eval:\n  pairs:\n    - ${MY_LFW:-nowhere/lfw}/pairs.txt\n")
+    cfg = load_config(f)
+    assert cfg.env_vars("data.root") == ("MY_FACES",) and cfg.env_vars("eval.pairs[0]") == ("MY_LFW",)
+    problems = "\n".join(find_problems(cfg))
+    assert "set the environment variable MY_FACES (the config builds data.root from it) or data.root" in problems
+    assert "(eval.pairs[0].file) is missing; set the environment variable MY_LFW" in problems
+    # a value given by --set has no variable behind it: the remedy is the key
+    cfg = load_config(f, [f"data.root={tmp_path / 'other'}"])
+    assert cfg.env_vars("data.root") == ()
+    assert "; set data.root)" in "\n".join(find_problems(cfg))
+
+
 def test_pairs_accept_paths_or_specs() -> None:
     cfg = validate({"eval": {"pairs": ["a/pairsDevTest.txt", {"file": "b/pairs.txt", "teacher_only": True}]}})
     assert [p.label for p in cfg.eval.pairs] == ["pairsDevTest", "pairs"]
