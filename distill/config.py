@@ -106,8 +106,8 @@ class TeacherSettings(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
         "teacher inference precision for training targets: bf16 autocast (cosine >= 0.9999 to fp32) pays off "
         "only on CPUs with AMX; without AMX it ran at 0.60x (dlib) and 0.65x (FaceNet) of fp32, both "
-        "channels_last (BENCHMARKS.md section 1); auto = bf16 where the CPU has AMX, else fp32; evaluation always runs the "
-        "teacher in fp32"))
+        "channels_last (BENCHMARKS.md section 1); auto = bf16 where the CPU has AMX, else fp32; evaluation "
+        "always runs the teacher in fp32"))
     batch_size: int = Field(128, ge=1, le=4096, description="batch size of teacher inference (cache building)")
 
 
