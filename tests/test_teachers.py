@@ -92,7 +92,7 @@ def test_fp32_embed_runs_channels_last_with_nchw_outputs(faces: torch.Tensor, na
     t = TEACHERS.build(name, weights=None)
     t.load_state_dict(ref_teacher.state_dict())
     with torch.no_grad():
-        ref = ref_teacher(ref_teacher.preprocessing(faces))  # plain NCHW tensors and weights
+        ref = ref_teacher(ref_teacher.preprocessing(faces).contiguous())  # plain NCHW tensors and weights
     out = t.embed(faces)
     conv = next(m for m in t.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
