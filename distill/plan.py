@@ -78,6 +78,24 @@ class RunPlan:
         return "\n".join(lines + [f"  MISSING  {x}" for x in self.missing])
 
 
+def _split_sizes(cfg: Config) -> dict[str, int]:
+    """Training images and identities after the identity-disjoint split (a folder scan, no image decoded)."""
+    from distill.data.folders import DatasetError, scan_identity_folder
+    from distill.data.prepare import folder_sources, identity_split
+
+    try:
+        sources = folder_sources(cfg)
+        split = identity_split(cfg, sources, scan_identity_folder(sources.root))
+    except (DatasetError, OSError):  # the run itself reports these, with their remedy
+        return {}
+    train = split.train
+    if cfg.data.max_train_images:
+        n = min(len(train), cfg.data.max_train_images)
+        return {"train_images": n, "held_out_identities": len(split.held_out)}
+    return {"train_images": len(train), "train_identities": train.num_identities,
+            "held_out_identities": len(split.held_out)}
+
+
 def plan(cfg: Config) -> RunPlan:
     """The :class:`RunPlan` of ``cfg`` (the teacher is built without weights: architecture and cost only)."""
     teacher = teacher_architecture(cfg)
@@ -85,6 +103,7 @@ def plan(cfg: Config) -> RunPlan:
     spec = student_spec_from_config(cfg, teacher)
     student = build_student(spec)
     t_cost, s_cost = profile(teacher, teacher.preprocessing.input_size), profile(student, cfg.student.input_size)
+    missing = find_problems(cfg)
     if cfg.data.source == "synthetic":
         sy = cfg.data.synthetic
         data = {"source": "synthetic", "identities": sy.identities,
@@ -97,6 +116,8 @@ def plan(cfg: Config) -> RunPlan:
                 "exclude_identities_in": [str(p) for p in cfg.data.exclude_identities_in]}
         if cfg.data.holdout_fraction is not None:
             data["holdout_fraction"] = cfg.data.holdout_fraction
+        if not missing:
+            data.update(_split_sizes(cfg))
     return RunPlan(
         name=cfg.name, out=str(cfg.out),
         teacher={"name": teacher.name, "input_size": teacher.preprocessing.input_size, "alignment": template,
@@ -107,6 +128,6 @@ def plan(cfg: Config) -> RunPlan:
         train={"teacher_mode": cfg.train.teacher_mode, "epochs": cfg.train.epochs,
                "max_minutes": cfg.train.max_minutes, "batch_size": cfg.train.batch_size,
                "loss": cfg.train.loss.model_dump()},
-        eval=eval_protocol_names(cfg), missing=find_problems(cfg),
+        eval=eval_protocol_names(cfg), missing=missing,
         outputs={k: str(cfg.out / v) for k, v in (("student", STUDENT_FILE), ("report", "report.html"),
                                                    ("checkpoints", "checkpoints/"), ("config", "config.yaml"))})

@@ -75,7 +75,8 @@ def test_held_out_people_are_evaluated_without_pairs_files(tmp_path: Path) -> No
     faces = _orl_set(tmp_path / "orl", people=8)
     cfg = validate({"data": {"source": "folder", "root": str(faces), "holdout_fraction": 0.25,
                              "align_backend": "none", "cache_dir": str(tmp_path / "cache")}})
-    assert "held-out" in plan(cfg).format()  # --dry-run says what will be evaluated
+    shown = plan(cfg).format()  # --dry-run says what will be trained and evaluated
+    assert "held-out" in shown and "train_images=18, train_identities=6, held_out_identities=2" in shown
     ev = prepare_eval(cfg, "dlib_150", lambda m: None)
     (held,) = ev.protocols
     assert held.name == "held-out" and held.size == 15 and int(held.pairs.is_same.sum()) == 6  # 2 people x 3

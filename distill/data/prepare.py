@@ -87,6 +87,11 @@ def resolve_sources(cfg: Config, log: Log) -> Sources:
 
         for lfw in dict.fromkeys(s.file.parent for s in cfg.eval.pairs if s.file is not None):
             ensure_lfw(lfw, download=True)
+    return folder_sources(cfg)
+
+
+def folder_sources(cfg: Config) -> Sources:
+    """The :class:`Sources` of a ``data.source: folder`` config as it stands on disk (no download)."""
     assert cfg.data.root is not None
     exclude = list(cfg.data.exclude_identities_in)
     eval_root = Path(cfg.eval.images_root or cfg.data.root)
