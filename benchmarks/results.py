@@ -548,7 +548,7 @@ def render(rows: list[dict[str, Any]], runs: Sequence[Run], notes: str, jobs: in
         "- Data: LFW deep-funneled (`../shared/data/lfw`), every face aligned the dlib way (5 landmarks, "
         "150 px chip); the student sees the same chip resized to its input size.",
         "- Training: the 10,492 images of the 4,786 people who are not in `pairsDevTest.txt`; no labels "
-        "(the teacher's 128-D descriptor is the target), cached teacher on 16 augmented views per image.",
+        f"(the teacher's 128-D descriptor is the target), {_flagship_views(runs)}.",
         "- Test: `pairsDevTest.txt` (500 + 500 pairs), accuracy by 10-fold cross-validation of the threshold, "
         "ROC AUC, EER; TAR at FAR=1e-3 on **all pairs of the DevTest people's images** "
         f"({allp.get('n_genuine'):,} genuine, {allp.get('n_impostor'):,} impostor): View 2 restricted to DevTest "
@@ -785,6 +785,18 @@ def _facenet_precision(runs: Sequence[Run]) -> str:
     """The precision the FaceNet runs' teacher resolves to on this machine (the one that ran them)."""
     fn = next((r for r in runs if r.group == "facenet"), None)
     return "fp32" if fn is None else resolve_precision(load_config(fn.config, list(fn.overrides)).teacher.precision)
+
+
+def _flagship_views(runs: Sequence[Run]) -> str:
+    """How the flagship's teacher targets were made (cached views, two-face mixes), from its config."""
+    flag = next((r for r in runs if r.group == "flagship"), None)
+    if flag is None:
+        return "teacher targets as each run's config says"
+    t, aug = (cfg := load_config(flag.config, list(flag.overrides))).train, cfg.data.augment
+    mix = aug.mixup + aug.cutmix
+    return (f"{'cached' if t.teacher_mode == 'cached' else 'online'} teacher on "
+            + (f"{t.cache_views} augmented views per image" if t.teacher_mode == "cached" else "every fresh view")
+            + (f", {mix:.0%} of them two-face mixes (mixup {aug.mixup:g}, cutmix {aug.cutmix:g})" if mix else ""))
 
 
 REEVAL = f"distill eval configs/lfw_devtest_eval.yaml --checkpoint {FLAGSHIP_CKPT} --no-teacher --overwrite"

@@ -23,6 +23,8 @@ def test_the_committed_plan_is_valid_and_covers_the_papers_grid():
     base, scaled = (next(r for r in runs if r.name == n) for n in ("lever_baseline", "lever_target_scale"))
     assert "train.target_scale=false" in base.overrides and "train.target_scale=true" in scaled.overrides
     assert "train.cache_views=16" in scaled.overrides  # an arm is the baseline plus its changes
+    parents = results.lever_parents([r for r in runs if r.group == "lever"])
+    assert parents["lever_cache64_mix_ema"].name == "lever_cache64_mix"  # the larger subset, not lever_ema
     assert sweep == {f"sweep_{a}_{s}" for a in ("100", "075", "050", "025") for s in (128, 96)}
     assert len({r.name for r in runs}) == len(runs)
     cmd = next(r for r in runs if r.name == "sweep_025_96").command()
@@ -117,6 +119,8 @@ def test_results_page_renders_every_section_from_rows(tmp_path, monkeypatch):
     assert "| 64.0% |" in page  # ORL: student / teacher TAR@1e-3
     assert "Not run yet: sweep_100_128, sweep_100_96, sweep_075_128" in page  # a run with a row is shown
     assert results.REEVAL in page and "3,700,000 impostor" in page
+    flag_cfg = results.load_config(runs[0].config)  # the protocol says how the flagship's targets were made
+    assert f"cached teacher on {flag_cfg.train.cache_views} augmented views per image" in page
 
 
 def test_rows_whose_run_folders_are_gone_are_kept_from_the_committed_json(tmp_path, monkeypatch):
