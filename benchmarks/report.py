@@ -405,6 +405,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
                                                                      "quoting**)" if meta.get("quick") else "") + ".",
              "", f"- CPU: {meta['cpu_model']}, {meta['cpu_count']} logical cores "
                  f"({meta.get('usable_cores')} usable), torch threads {v.get('torch_threads', '?')}",
+             f"- CPU capability: {v.get('cpu_capability', 'not recorded')}; onnxruntime int8 path "
+             f"{v.get('cpu_int8_kernels', 'not recorded')} (speed and int8 numbers depend on both)",
              f"- torch {v.get('torch', '?')}, faiss {v.get('faiss', '?')}, numpy {v.get('numpy', '?')}, "
              f"python {v.get('python', '?')}, {v.get('platform', '')}"]
     if "load_average_at_start" in meta:

@@ -83,7 +83,7 @@ def test_bad_entries_are_skipped_with_one_warning_and_source_untouched(tmp_path:
     json.dumps(images.to_dict())  # the skipped list is JSON-safe for the run record
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: permission bits do not stop root from reading")
+@pytest.mark.skipif(os.geteuid() == 0, reason="platform: running as root: permission bits do not stop root from reading")
 def test_unreadable_file_and_folder_are_skipped(tmp_path: Path) -> None:
     root = _tree(tmp_path, {"ann": ["ok.jpg", "secret.jpg"], "bob": ["ok.jpg"], "carl": ["ok.jpg"]})
     (root / "ann" / "secret.jpg").chmod(0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dlib  # dlib-bin (dev extra, `make install`): the reference implementation
 import numpy as np
 import pytest
 import torch
@@ -11,8 +12,6 @@ from PIL import Image
 from teachers import TEACHERS
 from teachers.dlib_format import DlibFormatError, RESNET_V1_LAYOUT, parse_dlib_model, read_dlib_model
 from teachers.dlib_resnet import default_dlib_model_path, dlib_face_chips
-
-dlib = pytest.importorskip("dlib", reason="dlib-bin (the reference implementation) is not installed")
 
 MODEL = default_dlib_model_path()
 

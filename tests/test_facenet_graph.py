@@ -82,7 +82,8 @@ def test_parity_with_opencv_dnn_on_real_lfw_faces(graph: Path, converted: Path, 
     import cv2
 
     if not hasattr(cv2, "dnn") or not hasattr(cv2.dnn, "readNetFromTensorflow"):
-        pytest.skip(f"OpenCV {cv2.__version__} has no dnn.readNetFromTensorflow to compare against")
+        pytest.skip(f"OpenCV {cv2.__version__} has no dnn.readNetFromTensorflow to compare against: OpenCV 5.1 dropped "
+                    "the TensorFlow importer; `make install` pins 5.0.0.93 (requirements/constraints.txt)")
     faces = _lfw_faces(lfw_root, PARITY_FACES)
     teacher = TEACHERS.build("facenet", weights=str(converted))
     x = teacher.preprocessing(torch.from_numpy(faces))           # (32, 3, 160, 160), (x - 127.5) / 128

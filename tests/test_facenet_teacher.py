@@ -97,7 +97,7 @@ def test_offline_fails_fast_with_instructions(empty_cache: Path) -> None:
     # vggface2 has no offline copy: the error says so and names the offline choice
     assert "no offline copy of 'vggface2'" in msg and "teacher.weights: casia-webface" in msg
     if _github_reachable():
-        pytest.skip("github.com is reachable: the offline download failure cannot be exercised here")
+        pytest.skip("platform: github.com is reachable: the offline download failure cannot be exercised here")
     start = time.monotonic()
     with pytest.raises(FacenetWeightsError, match="could not be downloaded") as info:
         TEACHERS.build("facenet")  # default weights: vggface2 -> real download attempt

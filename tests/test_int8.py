@@ -2,12 +2,17 @@
 
 Every test builds its own small MobileNet-shaped ONNX graph (stem, two depthwise-separable blocks,
 global pooling, linear head) and random inputs, so the file runs in seconds without data.
+
+Comparisons of int8 accuracy use 7-bit weights (``reduce_range``, as the recommended recipe does): with
+full-range weights onnxruntime's AVX2 kernels (no VNNI) saturate, and the numbers would hold on some
+CPUs only. The last tests check that claim on an emulated AVX2-only EPYC (QEMU).
 """
 from __future__ import annotations
 
 import io
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -22,6 +27,8 @@ from distill.deploy.int8 import (BASELINE, RECOMMENDED, Int8Recipe, _bypass, cal
                                  prepare_fp32, profile_ops, quantize_recipe, run_model, sqnr_db)
 
 SIZE = 24
+#: onnxruntime's default quantisation with 7-bit weights: the same integers on every x86 ISA
+PORTABLE = replace(BASELINE, reduce_range=True)
 
 
 class Tiny(nn.Module):
@@ -125,11 +132,11 @@ def test_equalization_keeps_the_function_and_fixes_the_ranges(inputs, tmp_path):
     first = record.pairs[1]                                               # the depthwise -> pointwise pair
     assert first.spread_before > 50 and first.spread_after < first.spread_before / 10
     # and it is why: int8 of the badly scaled graph is much worse than int8 of its equalised twin
-    q_bad = quantize_recipe(bad, tmp_path / "bad.onnx", inputs[:64], BASELINE)
-    q_eq = quantize_recipe(bad, tmp_path / "eq.onnx", inputs[:64], Int8Recipe(equalize=True))
+    q_bad = quantize_recipe(bad, tmp_path / "bad.onnx", inputs[:64], PORTABLE)
+    q_eq = quantize_recipe(bad, tmp_path / "eq.onnx", inputs[:64], replace(PORTABLE, equalize=True))
     sq_bad = sqnr_db(ref[64:], run_model(q_bad.path, inputs[64:]))
     sq_eq = sqnr_db(ref[64:], run_model(q_eq.path, inputs[64:]))
-    assert sq_eq > sq_bad + 6, (sq_bad, sq_eq)
+    assert sq_eq > sq_bad + 5, (sq_bad, sq_eq)                           # measured: 34.8 -> 40.8 dB
     assert q_eq.equalization is not None and len(q_eq.equalization.pairs) == 4
 
 
@@ -141,8 +148,8 @@ def test_activation_equalisation_keeps_the_function_and_uses_the_range(inputs, t
     np.testing.assert_allclose(run_model(eq, inputs), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
     dw1 = next(r for r in recs if r.conv == conv_layers(bad)[1][0])
     assert dw1.spread_before > 20 and dw1.spread_after == pytest.approx(1.0)   # every channel reaches the max
-    base = quantize_recipe(bad, tmp_path / "b.onnx", inputs[:64], BASELINE)
-    act = quantize_recipe(bad, tmp_path / "a.onnx", inputs[:64], Int8Recipe(equalize_activations=True))
+    base = quantize_recipe(bad, tmp_path / "b.onnx", inputs[:64], PORTABLE)
+    act = quantize_recipe(bad, tmp_path / "a.onnx", inputs[:64], replace(PORTABLE, equalize_activations=True))
     assert len(act.activation_scaling) == 5 and act.record()["activation_scaled_pairs"] == 5
     sq_base = sqnr_db(ref[64:], run_model(base.path, inputs[64:]))
     sq_act = sqnr_db(ref[64:], run_model(act.path, inputs[64:]))
@@ -289,3 +296,37 @@ def test_shared_biases_are_unshared_before_rescaling(inputs):
     used = [i for n in p.model.graph.node for i in n.input[1:]]
     assert len(used) == len(set(used))                          # no initializer feeds two nodes
     np.testing.assert_allclose(run_model(p.model, inputs[:32]), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
+# --------------------------------------------------------------------------- other instruction sets
+def test_portable_int8_computes_the_same_on_avx2_without_vnni(inputs, tmp_path):
+    """The recommended recipe's 7-bit weights give this CPU's outputs on an AVX2-only EPYC (emulated by QEMU:
+    onnxruntime's ``vpmaddubsw`` kernels); full-range weights saturate there on the badly scaled graph
+    (measured: 17.5 dB there against 44.4 dB with VNNI). ``make test`` installs qemu-user."""
+    from distill.deploy.int8.emulate import AVX2_CPU, run_onnx
+
+    bad = prepare_fp32(tiny_onnx(badly_scaled=True)).model
+    ref = run_model(bad, inputs[64:])
+    portable = quantize_recipe(bad, tmp_path / "p.onnx", inputs[:64], replace(PORTABLE, equalize_activations=True))
+    full = quantize_recipe(bad, tmp_path / "f.onnx", inputs[:64], replace(BASELINE, equalize_activations=True))
+    assert RECOMMENDED.reduce_range                                      # the shipped recipe is the portable one
+    here, avx2 = run_onnx(portable.path, inputs[64:]), run_onnx(portable.path, inputs[64:], cpu=AVX2_CPU)
+    assert np.abs(here - avx2).max() <= 1e-5 * np.abs(here).max(), np.abs(here - avx2).max()
+    sq_portable, sq_full_avx2 = sqnr_db(ref, avx2), sqnr_db(ref, run_onnx(full.path, inputs[64:], cpu=AVX2_CPU))
+    assert sq_portable > 35 and sq_portable > sq_full_avx2 + 10, (sq_portable, sq_full_avx2)
+
+
+def test_emulated_cpu_is_what_onnxruntime_sees(tmp_path):
+    """QEMU's CPU model reaches the code through CPUID: torch's probes report AVX2 without AVX-512 or VNNI
+    there, so ``cpu_capability()`` names the emulated CPU, as a report written there would."""
+    import subprocess
+    import sys
+
+    from distill.deploy.int8.emulate import AVX2_CPU, qemu_binary
+
+    code = "import torch; print(torch.cpu._is_avx2_supported(), torch.cpu._is_avx512_supported(), " \
+           "torch.cpu._is_vnni_supported())"
+    out = subprocess.run([qemu_binary() or "qemu-x86_64", "-cpu", AVX2_CPU, sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.split() == ["True", "False", "False"], out.stdout

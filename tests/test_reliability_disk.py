@@ -40,7 +40,7 @@ def tiny_tmpfs(where: Path, size_bytes: int) -> Iterator[Path]:
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(where)],
                          capture_output=True, text=True)
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {res.stderr.strip()}")
+        pytest.skip(f"platform: cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {res.stderr.strip()}")
     try:
         yield where
     finally:

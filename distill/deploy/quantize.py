@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from distill.hardware import cpu_capability
 from distill.io import atomic_write_bytes
 
 from .export import with_onnx_metadata
@@ -143,7 +144,10 @@ def quantize_int8_recipe(fp32_path: str | Path, out: str | Path, calib_faces: np
         q = quantize_recipe(fp32_path, Path(tmp) / "int8.onnx", x, recipe)
         proto = onnx.load(str(q.path))
     calibration = {"faces": int(len(calib_faces)), "method": recipe.calibrate, "per_channel": recipe.per_channel,
-                   "format": recipe.quant_format, "activations": recipe.activations, "weights": "int8",
+                   "format": recipe.quant_format, "activations": recipe.activations,
+                   "weights": "int8, 7-bit range (portable: no int16 saturation without VNNI)" if recipe.reduce_range
+                   else "int8, full range (exact only with VNNI/AMX; AVX2 may saturate: docs/int8.md)",
+                   "quantised_on": cpu_capability().label(),
                    **{k: v for k, v in q.record().items() if k != "faces"}}
     data = _write_int8(proto, meta, calibration, out)
     return {"path": Path(out), "bytes": len(data), "calibration": calibration}

@@ -31,7 +31,8 @@ HEADLINE_FAR = 1e-3
 
 
 def versions() -> dict[str, str]:
-    """Versions of python and the libraries that shape the numbers."""
+    """Versions of python and the libraries that shape the numbers, and the CPU capability they ran on
+    (:func:`distill.hardware.cpu_capability`: instruction sets change speed and int8 results)."""
     out = {"python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine()}
     for mod in ("distill", "torch", "numpy", "faiss", "timm", "matplotlib"):
         try:
@@ -40,7 +41,11 @@ def versions() -> dict[str, str]:
             continue
     try:
         import torch
+
+        from distill.hardware import cpu_capability
         out["torch_threads"] = str(torch.get_num_threads())
+        cap = cpu_capability()
+        out["cpu_capability"], out["cpu_int8_kernels"] = cap.label(), cap.int8_kernels()
     except Exception:  # noqa: BLE001
         pass
     return out

@@ -80,7 +80,9 @@ class Int8Recipe:
         activations: ``uint8`` (onnxruntime's U8S8, the fast path of x86 VNNI/AMX kernels) or ``int8``.
         activation_symmetric / weight_symmetric: onnxruntime's ``ActivationSymmetric`` / ``WeightSymmetric``.
         per_channel: one weight scale per output channel (essential for depthwise convs).
-        reduce_range: 7-bit weights (only for AVX2/AVX-512 machines without VNNI; costs accuracy).
+        reduce_range: 7-bit weights. Without VNNI (AVX2, AVX-512F/BW) onnxruntime's u8 x s8 kernels sum
+            pairs of products in saturating int16 and full-range weights clip; 7 bits never do, so the
+            file computes the same integers on every x86 ISA (:mod:`.emulate`, docs/int8.md section 0).
         quant_format: ``QDQ`` (QuantizeLinear/DequantizeLinear around float ops, fused by onnxruntime)
             or ``QOperator`` (QLinearConv etc. written out).
         moving_average: ``CalibMovingAverage`` for ``minmax`` (mean of per-batch min/max).
@@ -142,9 +144,10 @@ BASELINE = Int8Recipe()
 #: in fp32 the stem and first depthwise conv (onnxruntime's int8 kernels are 3x slower than fp32 on
 #: 3- and 16-channel inputs), the last depthwise-separable block and the embedding head (the
 #: head amplifies their int8 noise ~45 dB); activation ranges equalised; the head's bias corrected;
-#: uint8 activations (onnxruntime's x86 int8 kernels are u8 x s8)
+#: uint8 activations (onnxruntime's x86 int8 kernels are u8 x s8); 7-bit weights (``reduce_range``), the
+#: portable choice: a user's CPU without VNNI computes what the accuracy check measured (docs/int8.md)
 RECOMMENDED = Int8Recipe(calibrate="minmax", calib_faces=1024, fp32_head=True, fp32_first=2, fp32_last=2,
-                         equalize_activations=True, bias_correction=True, activations="uint8")
+                         equalize_activations=True, bias_correction=True, activations="uint8", reduce_range=True)
 
 
 def head_nodes(model: Any) -> list[str]:
