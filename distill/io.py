@@ -102,6 +102,82 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+
+
+# --------------------------------------------------------------------------- unreadable model files
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip archive"),
+    (b"GIF8", "a GIF image"), (b"%PDF", "a PDF document"), (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x89HDF", "an HDF5 file (Keras/TensorFlow weights?)"),
+)
+
+
+def describe_file(path: str | Path) -> str:
+    """What a file that failed to load as a model appears to be, from its first bytes (for error messages):
+    e.g. ``"empty (0 bytes)"``, ``"an HTML page (5,120 bytes), not a model"``, ``"a zip archive cut short ..."``."""
+    import zipfile
+
+    p = Path(path)
+    size = p.stat().st_size
+    if size == 0:
+        return "empty (0 bytes): an interrupted download or copy"
+    with open(p, "rb") as f:
+        head = f.read(2048)
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html", b"<?xml")) or b"<head" in low[:1024] or b"<body" in low[:1024]:
+        return (f"an HTML page ({size:,} bytes), not a model: a download that saved a web page (a login, error or "
+                "'view file' page) instead of the file")
+    if low.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the file itself (`git lfs pull` fetches it)"
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(p):
+            return f"a zip archive cut short ({size:,} bytes, its end record is missing): a truncated copy or download"
+        return "a zip archive that is not a PyTorch checkpoint, or a damaged one"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return (f"a Python pickle (protocol {head[1]}) of another program's objects, which facedistill never unpickles "
+                "(unpickling runs code); a PyTorch checkpoint saved by torch >= 1.6 is a zip archive")
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"a binary file of {size:,} bytes that no model format recognises"
+    kind = "a JSON document" if text.lstrip().startswith(("{", "[")) else "a text file"
+    return f"{kind} starting {' '.join(text.split())[:60]!r}"
+
+
+class ModelFileError(Exception):
+    """A model file that cannot be loaded: ``path`` and ``what`` it appears to be (:func:`describe_file`).
+    Callers wrap it in their own :class:`~distill.errors.InputError` with the remedy of the command in hand."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        super().__init__(f"{path} is {what}")
+        self.path, self.what = Path(path), what
+
+
 def safe_torch_load(path: str | Path) -> Any:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint without executing pickled code (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelFileError: not a loadable PyTorch checkpoint; the message names the file and what it appears to
+            be (never torch's advice to unpickle it with ``weights_only=False``).
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a foreign pickle
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - described instead of torch's text
+        what = describe_file(path)
+        if what.startswith("a zip archive that is not") and "weights only load failed" in str(e).lower():
+            what = ("a PyTorch checkpoint holding pickled objects other than tensors and plain containers, which "
+                    "facedistill refuses to unpickle (unpickling can run code)")
+        elif what.startswith("a zip archive that is not"):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            what += f" ({first[:200]})"
+        raise ModelFileError(path, what) from None

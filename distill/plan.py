@@ -43,6 +43,13 @@ def eval_protocol_names(cfg: Config) -> list[str]:
     return names
 
 
+def _relative_cost(ratio: float) -> str:
+    """Teacher/student mult-adds ``ratio`` in words: ``7.0x fewer than the teacher`` or ``7.8x more than ...``."""
+    if ratio >= 1:
+        return f"{ratio:.1f}x fewer than the teacher"
+    return f"{1 / ratio:.1f}x more than the teacher" if ratio > 0 else "the teacher's cost is unknown"
+
+
 @dataclass
 class RunPlan:
     """The models, data, training and evaluation a config describes, with costs and missing artifacts."""
@@ -69,7 +76,7 @@ class RunPlan:
                  f"{m(t['mult_adds'])} mult-adds",
                  f"  student  {s['name']}: {s.get('input_size')}px, {s.get('embedding_dim')}-D; "
                  f"{m(s['params'])} params, {m(s['mult_adds'])} mult-adds "
-                 f"({self.mult_adds_ratio:.1f}x fewer than the teacher)",
+                 f"({_relative_cost(self.mult_adds_ratio)})",
                  "  data     " + ", ".join(f"{k}={v}" for k, v in self.data.items()),
                  "  train    " + ", ".join(f"{k}={v}" for k, v in self.train.items() if k != "loss")
                  + f"; loss {loss}",

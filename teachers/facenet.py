@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from distill.io import atomic_write, safe_torch_load
+from distill.io import ModelFileError, atomic_write, safe_torch_load
 from distill.preprocess import Preprocessing
 
 from .base import Teacher
@@ -102,8 +102,9 @@ def _read_state(path: Path) -> dict:
     try:
         return safe_torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise FacenetWeightsError(f"{path}: not a loadable torch state dict ({type(e).__name__}: {e}). "
-                                  "Delete it and download it again, or set teacher.weights to a good copy.") from None
+        what = e.what if isinstance(e, ModelFileError) else f"{type(e).__name__}: {e}"
+        raise FacenetWeightsError(f"{path}: not a loadable torch state dict: it is {what}. Delete it and download it "
+                                  "again, or point teacher.weights at a good copy") from None
 
 
 def _embedding_state(path: Path) -> dict[str, torch.Tensor]:

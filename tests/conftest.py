@@ -55,6 +55,13 @@ def lfw_root() -> Path:
     return LFW
 
 
+@pytest.fixture(scope="session")
+def lfw_align_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One aligned-face cache for the whole session (``data.cache_dir`` layout): the tests that align the
+    LFW DevTest people (export's int8 check, the flagship re-evaluation, galleries) align them once."""
+    return tmp_path_factory.getbasetemp() / "deploy-align-cache"
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny convs run ~10x faster on 1 thread than on 2 contended ones (CI has 2 shared cores)."""

@@ -38,8 +38,8 @@ def small_checkpoint(path: Path, faces: np.ndarray, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def align_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "deploy-align-cache"
+def align_cache(lfw_align_cache) -> Path:
+    return lfw_align_cache
 
 
 @pytest.fixture(scope="module")

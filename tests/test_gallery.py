@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from distill.deploy import (GalleryError, build_gallery, export_checkpoint, load_embedder, load_gallery,
-                            register_cli, search_gallery, threshold_from_report)
+                            register_cli, search_gallery)
+from distill.deploy.decision import DecisionError, calibration_from_report, decide
 from distill.deploy.export import set_batchnorm_statistics
 from distill.deploy.faces import align_files, align_rel_paths
 from distill.evaluation import ModelResult, PairIndex, evaluate_pairs, extract_embeddings, write_reports
@@ -57,8 +58,8 @@ def subset(lfw_root) -> dict:
 
 
 @pytest.fixture(scope="session")
-def align_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "deploy-align-cache"
+def align_cache(lfw_align_cache) -> Path:
+    return lfw_align_cache
 
 
 @pytest.mark.slow
@@ -94,8 +95,9 @@ def test_teacher_gallery_identifies_held_out_photos(subset, align_cache, tmp_pat
     run = tmp_path / "run"
     write_reports(run, [ModelResult(teacher.name, "teacher", cost={},
                                     protocols={"enrolled": evaluate_pairs(gal.embeddings, pairs, False)})])
-    thr, info = threshold_from_report(run / "report.json", 1e-2, teacher.name)
-    assert info["far"] <= 1e-2 and -0.75 < thr < -0.3          # dlib's published rule is distance 0.6
+    rule, _ = decide(gal.score, calibration_from_report(run / "report.json", teacher.name), far=1e-2)
+    assert rule.far <= 1e-2 and 0.3 < rule.value < 0.75 and rule.kind == "distance"  # dlib's rule: distance 0.6
+    thr = rule.score
     decided = search_gallery(gal, probe_emb, k=1, threshold=thr)
     correct_same = np.mean([d["decision"] == "same" for d, t in zip(decided, truth)
                             if d["matches"][0]["identity"] == t])
@@ -109,7 +111,8 @@ def test_teacher_gallery_identifies_held_out_photos(subset, align_cache, tmp_pat
     doc = json.loads(capsys.readouterr().out)
     with capsys.disabled():
         print(summary)
-    assert doc["threshold"] == pytest.approx(thr) and len(doc["probes"]) == 2
+    assert doc["threshold"]["score"] == pytest.approx(thr) and doc["threshold"]["value"] == pytest.approx(-thr)
+    assert doc["threshold"]["far"] <= 1e-2 and doc["threshold"]["source"] == "--far 0.01" and len(doc["probes"]) == 2
     assert [p["matches"][0]["identity"] for p in doc["probes"]] == [hits[0]["matches"][0]["identity"],
                                                                     hits[1]["matches"][0]["identity"]]
 
@@ -196,10 +199,10 @@ def test_gallery_files_are_checked(student_setup, align_cache, tmp_path):
         load_gallery(gdir)
     with pytest.raises(GalleryError, match="not a gallery"):
         load_gallery(tmp_path / "nothing")
-    with pytest.raises(GalleryError, match="no model named 'missing'"):
+    with pytest.raises(DecisionError, match="no model named 'missing'"):
         run = tmp_path / "run"
         emb = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
         pairs = PairIndex(np.arange(10), np.arange(10, 20), np.arange(10) % 2 == 0, np.arange(10) % 2)
         write_reports(run, [ModelResult("other", "teacher", cost={}, protocols={"p": evaluate_pairs(emb, pairs,
                                                                                                     True)})])
-        threshold_from_report(run, 1e-2, "missing")
+        calibration_from_report(run, "missing")

@@ -134,6 +134,7 @@ class Detection:
     faces_found: int = 0
     upsampled: bool = False  # dlib needed upsample 2
     error: str | None = None  # the detector itself failed on this image
+    boxes: np.ndarray | None = None  # (faces_found, 4) x1, y1, x2, y2 of every face found, image pixels
 
 
 def detect_safely(landmarker: Any, images: Sequence[np.ndarray]) -> list[Detection]:
@@ -172,6 +173,19 @@ class DlibLandmarker:
         """One :class:`Detection` per RGB uint8 image ``(H, W, 3)``."""
         return [self._one(img) for img in images]
 
+    def detect_all(self, img: np.ndarray) -> list[Face]:
+        """Every face of one RGB uint8 image, each with its 5 landmarks (the coarse-first search of
+        :meth:`detect`), largest first."""
+        det = self._one(img)
+        if det.face is None or det.boxes is None:
+            return []
+        faces = []
+        for b in det.boxes:
+            x1, y1, x2, y2 = (int(round(v)) for v in b)
+            shape = self.predictor(img, self._dlib.rectangle(x1, y1, x2, y2))
+            faces.append(Face("dlib5", np.array([[p.x, p.y] for p in shape.parts()], np.float64), np.asarray(b)))
+        return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
     def _one(self, img: np.ndarray) -> Detection:
         copies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for side, up in dlib_passes(max(img.shape[:2])):
@@ -188,7 +202,7 @@ class DlibLandmarker:
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
         shape = self.predictor(img, self._dlib.rectangle(x1, y1, x2, y2))
         pts = np.array([[p.x, p.y] for p in shape.parts()], np.float64)
-        return Detection(Face("dlib5", pts, boxes[i]), len(rects), up == 2)
+        return Detection(Face("dlib5", pts, boxes[i]), len(rects), up == 2, boxes=boxes)
 
 
 class MTCNNLandmarker:
@@ -223,6 +237,17 @@ class MTCNNLandmarker:
         finally:
             torch.set_num_threads(saved)
 
+    def detect_all(self, img: np.ndarray) -> list[Face]:
+        """Every face MTCNN finds in one RGB uint8 image (full resolution), largest first."""
+        if min(img.shape[:2]) < self.mtcnn.min_face_size:
+            return []
+        boxes, probs, points = self.mtcnn.detect(img[None], landmarks=True)
+        if boxes[0] is None:
+            return []
+        faces = [Face("mtcnn5", np.asarray(pt, np.float64), np.asarray(b, np.float64), float(pr))
+                 for b, pr, pt in zip(boxes[0], probs[0], points[0])]
+        return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
     def _detect(self, images: Sequence[np.ndarray]) -> list[Detection]:
         out: list[Detection | None] = [None] * len(images)
         plans = [mtcnn_passes(max(img.shape[:2])) for img in images]
@@ -247,7 +272,7 @@ class MTCNNLandmarker:
                     b = np.asarray(boxes[j], np.float64) * np.tile(f, 2)
                     k = select_face(b, images[i].shape)
                     pts = np.asarray(points[j][k], np.float64) * f
-                    out[i] = Detection(Face("mtcnn5", pts, b[k], float(probs[j][k])), len(b))
+                    out[i] = Detection(Face("mtcnn5", pts, b[k], float(probs[j][k])), len(b), boxes=b)
         return out  # type: ignore[return-value]
 
 
@@ -286,6 +311,8 @@ class AlignmentRecord:
     no_face_paths: list[str] = field(default_factory=list)  #: every image without a face (kept or not)
     upsampled: int = 0                   #: dlib found the face only at upsample 2
     multiple_faces: int = 0              #: images with several faces (the central one was taken)
+    #: rel_path -> {"faces": n, "box": the face taken, "boxes": every face} of each image with several faces
+    several_faces: dict[str, dict[str, Any]] = field(default_factory=dict)
     decoded: int = 0                     #: files decoded by this call (0 on a fully cached pass)
     from_cache: int = 0
     seconds: float = 0.0
@@ -296,8 +323,9 @@ class AlignmentRecord:
         return self.aligned + self.center
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (the run record's ``alignment``)."""
-        return {**asdict(self), "kept": self.kept}
+        """Plain-JSON form (the run record's ``alignment``; ``several_faces`` as rel_path -> face count)."""
+        return {**asdict(self), "kept": self.kept,
+                "several_faces": {k: v["faces"] for k, v in self.several_faces.items()}}
 
     def summary(self) -> str:
         """One line for the log: counts, skips, cache hits and the decoding rate."""
@@ -584,7 +612,9 @@ def align_images(root: str | Path, rel_paths: Sequence[str], *, template: str, b
         e = store.entries[keys[i]]  # type: ignore[index]
         info = e.get("info", {})
         rec.upsampled += int(bool(info.get("upsampled")))
-        rec.multiple_faces += int(info.get("faces", 0) > 1)
+        if info.get("faces", 0) > 1:
+            rec.multiple_faces += 1
+            rec.several_faces[rel] = {"faces": int(info["faces"]), "box": info.get("box"), "boxes": info.get("boxes")}
         if e["status"] == "error":
             rec.skipped[rel] = e["reason"]
             continue
@@ -656,6 +686,8 @@ def _align_group(group: list[tuple[str, os.stat_result, str | None, np.ndarray]]
     out: list[_Outcome] = []
     for (key, st, dg, img), det in zip(group, detect_safely(landmarker, [g[3] for g in group])):
         info = {"faces": det.faces_found, "upsampled": det.upsampled}
+        if det.faces_found > 1 and det.face is not None and det.boxes is not None:
+            info.update(box=det.face.box.round(1).tolist(), boxes=np.asarray(det.boxes).round(1).tolist())
         if det.error is not None:
             out.append((key, st, None, "error", f"{backend} detector failed: {det.error}", info, dg))
             continue

@@ -11,9 +11,10 @@ Example::
 """
 from .cli import register_cli
 from .export import FORMATS, PARITY_TOL, export_checkpoint, export_model, onnx_bytes, parity, torchscript_bytes
-from .faces import align_files, align_rel_paths, default_lfw_images, sample_identity_images
+from .decision import Calibration, Score, Threshold, calibration_from_embeddings, calibration_from_report, decide
+from .faces import align_files, align_rel_paths, default_lfw_images, probe_faces, sample_identity_images
 from .gallery import (Gallery, GalleryError, build_gallery, check_model, load_gallery, search_gallery,
-                      threshold_from_report)
+                      multi_face_decision)
 from distill.models import (ExportError, ExportModel, OnnxEmbedder, StudentEmbedder, TorchScriptEmbedder,
                             load_embedder, load_export_model, onnx_cost, onnx_latency, read_metadata)
 
@@ -28,5 +29,7 @@ __all__ = [
     "TorchScriptEmbedder",
     "StudentEmbedder", "ExportModel", "ExportError", "load_embedder", "load_export_model", "read_metadata",
     "Gallery", "GalleryError", "build_gallery", "load_gallery", "search_gallery", "check_model",
-    "threshold_from_report", "align_files", "align_rel_paths", "default_lfw_images", "sample_identity_images",
+    "multi_face_decision", "Calibration", "Score", "Threshold", "decide", "calibration_from_report",
+    "calibration_from_embeddings", "probe_faces", "align_files", "align_rel_paths", "default_lfw_images",
+    "sample_identity_images",
 ]

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from distill.errors import UsageError
 
 from .faces import DEFAULT_CACHE_DIR
@@ -79,13 +81,19 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
     if not args.images.is_dir():
         raise _usage(f"--images {args.images} is not a folder (expected identity folders DIR/<person>/<image>)")
     emb = load_embedder(args.model, with_projection=args.with_projection)
+    calibration = _build_calibration(args, emb)
     res = build_gallery(emb, args.model, args.images, args.output, allow_cross_model=args.allow_cross_model,
                         overwrite=args.overwrite, index_kind=args.index, align_backend=args.align_backend,
-                        cache_dir=args.cache_dir, no_face=args.no_face, batch_size=args.batch_size)
+                        cache_dir=args.cache_dir, no_face=args.no_face, multi_face=args.multi_face,
+                        calibration=calibration, batch_size=args.batch_size)
+    multi = [p for p, v in res["several_faces"].items() if not v["enrolled"]]
     print(f"gallery {res['gallery']}: {res['items']} faces of {res['identities']} identities "
           f"({res['added']} added, {res['already_present']} already enrolled, {len(res['skipped'])} images "
-          f"skipped, {len(res['no_face'])} of them with no face found) with {res['model']['name']} "
-          f"[{res['model']['fingerprint']}]")
+          f"skipped, {len(res['no_face'])} of them with no face found, {len(multi)} with several faces) with "
+          f"{res['model']['name']} [{res['model']['fingerprint']}]")
+    print(f"  decisions: " + (f"calibrated on {res['calibration']} (search with --far 1e-3)" if res["calibration"]
+                              else "not calibrated (--calibration-images DIR or --report RUN/report.json lets "
+                                   "searches decide by false-accept rate)"))
     if res["skipped_identities"]:
         print(f"  {len(res['skipped_identities'])} identity folders skipped (no usable image): "
               f"{', '.join(res['skipped_identities'][:10])}")
@@ -94,6 +102,36 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
     if res["no_face"] and args.no_face == "skip":
         print("  (images with no face found are not enrolled; --no-face center enrols their centre crops)")
     return 0
+
+
+def _build_calibration(args: argparse.Namespace, emb: Any) -> Any:
+    """The gallery's :class:`~distill.deploy.decision.Calibration`: every pair of ``--calibration-images``,
+    else ``--report``'s ROC, else the report of the run a ``student.pt`` comes from (when it has this model)."""
+    from .decision import DecisionError, calibration_from_embeddings, calibration_from_report
+
+    if args.calibration_images is not None:
+        from distill.data.folders import scan_identity_folder
+        from distill.evaluation import extract_embeddings
+
+        from .faces import align_rel_paths
+
+        if not args.calibration_images.is_dir():
+            raise _usage(f"--calibration-images {args.calibration_images} is not a folder of identity folders")
+        scan = scan_identity_folder(args.calibration_images)
+        af = align_rel_paths(args.calibration_images, scan.rel_paths, template=emb.preprocessing.alignment,
+                             backend=args.align_backend, cache_dir=args.cache_dir, no_face="skip")
+        vectors = extract_embeddings(emb, af.faces, progress=False)
+        return calibration_from_embeddings(vectors, scan.labels[af.indices], bool(emb.normalized),
+                                           f"{args.calibration_images} ({len(af)} images, every pair)")
+    if args.report is not None:
+        return calibration_from_report(args.report, args.report_model or emb.name, args.protocol)
+    beside = Path(args.model).parent / "report.json"
+    if Path(args.model).is_file() and beside.is_file():
+        try:
+            return calibration_from_report(beside, args.report_model or emb.name, args.protocol)
+        except DecisionError:
+            return None
+    return None
 
 
 def _probe_files(items: list[Path]) -> list[Path]:
@@ -108,66 +146,79 @@ def _probe_files(items: list[Path]) -> list[Path]:
         else:
             raise _usage(f"probe image {p} does not exist")
     if not out:
-        raise _usage("no probe images found")
+        where = ", ".join(str(p) for p in items)
+        raise _usage(f"no probe images found in {where} (image files: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return out
 
 
-def cmd_gallery_search(args: argparse.Namespace) -> int:
-    """``distill gallery search``: identify faces in photos against a gallery."""
+def _search_threshold(args: argparse.Namespace, gal: Any, emb: Any) -> tuple[Any, list[str]]:
+    """The decision rule of a search (:func:`~distill.deploy.decision.decide`), or ``(None, [])`` for none."""
+    from .decision import calibration_from_report, decide
+
+    if args.threshold is None and args.far is None:
+        return None, []
+    cal = gal.calibration
+    if args.report is not None:
+        cal = calibration_from_report(args.report, args.report_model or emb.name, args.protocol)
+    return decide(gal.score, cal, threshold=args.threshold, far=args.far, force=args.force_threshold)
+
+
+def _answers(gal: Any, emb: Any, faces: list[Any], args: argparse.Namespace, score: float | None) -> list[dict]:
+    """One answer per probe face (all faces, or the largest of each photo with ``--faces largest``)."""
     from distill.evaluation import extract_embeddings
 
-    from .faces import align_files
-    from .gallery import (check_model, load_gallery, no_face_result, score_text, search_gallery,
-                          threshold_from_report, user_threshold_to_score)
+    from .gallery import search_gallery
+
+    if args.faces == "largest":
+        faces = [f for f in faces if f.index == 0]
+    if not faces:
+        return []
+    vectors = extract_embeddings(emb, np.stack([f.crop for f in faces]), progress=False)
+    return [{"image": str(f.image), "face": f.index, "faces_in_image": f.faces_in_image, "box": f.box, **r}
+            for f, r in zip(faces, search_gallery(gal, vectors, k=args.k, threshold=score))]
+
+
+def cmd_gallery_search(args: argparse.Namespace) -> int:
+    """``distill gallery search``: identify every face in photos against a gallery."""
+    from .faces import probe_faces
+    from .gallery import check_model, load_gallery, no_face_result, score_text
     from distill.models import load_embedder
 
     if args.k < 1:
         raise _usage(f"--k must be >= 1, got {args.k}")
-    if args.far is not None and args.report is None:
-        raise _usage("--far needs --report RUN/report.json (the ROC the threshold is read from)")
     gal = load_gallery(args.gallery)
-    ref = args.model or gal.model["ref"]
-    emb = load_embedder(ref, with_projection=args.with_projection)
+    emb = load_embedder(args.model or gal.model["ref"], with_projection=args.with_projection)
     check_model(gal, emb, allow_cross_model=args.allow_cross_model)
-    metric = gal.metric
-    threshold, info = None, None
-    if args.threshold is not None:
-        threshold = user_threshold_to_score(args.threshold, metric)
-        info = {"source": "--threshold"}
-    elif args.far is not None:
-        threshold, info = threshold_from_report(args.report, args.far, args.report_model or emb.name,
-                                                protocol=args.protocol)
+    rule, warnings = _search_threshold(args, gal, emb)
+    for w in warnings:
+        print(f"distill: warning: {w}", file=sys.stderr)
     files = _probe_files(args.images)
-    # a probe with no face is never matched: "no face found", not a decision about a centre crop
-    faces, kept, skipped = align_files(files, template=emb.preprocessing.alignment, backend=args.align_backend,
-                                       cache_dir=args.cache_dir, no_face="skip")
-    vectors = extract_embeddings(emb, faces, progress=False) if len(kept) else None
-    found = dict(zip(map(str, kept), search_gallery(gal, vectors, k=args.k, threshold=threshold)
-                     if vectors is not None else []))
+    faces, skipped = probe_faces(files, template=emb.preprocessing.alignment, backend=args.align_backend)
+    answers = _answers(gal, emb, faces, args, None if rule is None else rule.score)
     faceless = {p: why for p, why in skipped.items() if why.startswith("no face found")}
-    probes = [(f, found[r] if r in found else no_face_result(faceless[r]))
-              for f, r in ((f, str(f.resolve())) for f in files) if r in found or r in faceless]
+    answers += [{"image": p, "faces_in_image": 0, **no_face_result(why)} for p, why in faceless.items()]
+    order = {str(f): i for i, f in enumerate(files)}
+    answers.sort(key=lambda a: (order.get(a["image"], len(order)), a.get("face", 0)))
     unreadable = {p: why for p, why in skipped.items() if p not in faceless}
     if args.json:
-        print(json.dumps(_jsonable({"gallery": str(gal.root), "model": emb.name, "metric": metric,
-                                    "threshold": threshold, "threshold_info": info, "skipped": unreadable,
-                                    "probes": [{"image": str(f), **r} for f, r in probes]}), indent=2))
+        print(json.dumps(_jsonable({"gallery": str(gal.root), "model": emb.name, "metric": gal.metric,
+                                    "score": gal.score.kind, "threshold": None if rule is None else rule.to_dict(),
+                                    "skipped": unreadable, "probes": answers}), indent=2))
         return 0
-    if info is not None and "far" in info:
-        print(f"threshold {score_text(threshold, metric)}: FAR {info['far']:.2g} (asked {info['requested_far']:g}), "
-              f"TAR {info['tar']:.3f} on {info['protocol']} for {info['model']} in {info['report']}")
-    for f, r in probes:
-        if not r["face_found"]:
-            print(f"{f}  -> no face found (no decision)")
+    if rule is not None:
+        print(rule.text())
+    for a in answers:
+        if not a["face_found"]:
+            print(f"{a['image']}  -> no face found (no decision)")
             continue
-        top = r["matches"][0]
-        verdict = ""
-        if r["decision"] is not None:
-            verdict = (f"  -> {top['identity']}" if r["decision"] == "same"
-                       else "  -> unknown (no gallery identity within the threshold)")
-        print(f"{f}{verdict}")
-        for m in r["matches"]:
-            print(f"  {m['rank']:2d}. {m['identity']:30s} {score_text(m['score'], metric)}  {Path(m['path']).name}")
+        where = f"face {a['face'] + 1} of {a['faces_in_image']} at box {[round(v) for v in a['box']]}" \
+            if a["faces_in_image"] > 1 else "1 face"
+        top = a["matches"][0]
+        verdict = "" if a["decision"] is None else (f"  -> {top['identity']}" if a["decision"] == "same"
+                                                     else "  -> unknown (no gallery identity within the threshold)")
+        print(f"{a['image']} [{where}]{verdict}")
+        for m in a["matches"]:
+            print(f"  {m['rank']:2d}. {m['identity']:30s} {score_text(m['score'], gal.metric)}  {Path(m['path']).name}")
     for path, why in unreadable.items():
         print(f"{path}: skipped ({why})")
     return 0
@@ -268,15 +319,30 @@ def _gallery_parser(subparsers: Any) -> None:
     b.add_argument("--with-projection", action="store_true", help="student.pt: embed in the teacher's space")
     b.add_argument("--no-face", choices=("skip", "center"), default="skip",
                    help="images where no face is found: skip them (default; listed) or enrol their centre crop")
+    b.add_argument("--multi-face", choices=("skip", "dominant"), default="skip",
+                   help="photos with several faces: skip them (default; listed, since it is not known which face is "
+                        "the person) or enrol the face taken only when it is 2x the area of every other")
+    b.add_argument("--calibration-images", type=Path, metavar="DIR",
+                   help="identity folders of people (others than the enrolled ones, ideally): every pair is scored "
+                        "with the model and stored, so searches can decide by false-accept rate (--far)")
+    b.add_argument("--report", type=Path, metavar="FILE",
+                   help="calibrate from an evaluation report.json (or its run folder) instead; default: the report "
+                        "beside a student.pt, when it evaluated that model")
+    b.add_argument("--report-model", metavar="NAME", help="model entry of the report (default: the model's name)")
+    b.add_argument("--protocol", metavar="NAME",
+                   help="report protocol (default: the one with the most impostor pairs)")
     b.add_argument("--batch-size", type=int, default=64, help="images embedded per batch (default 64)")
     _align_args(b)
     b.set_defaults(func=cmd_gallery_build)
 
     s = gsub.add_parser("search", help="identify faces in photos against a gallery",
-                        description="Align and embed each photo, print the top-k gallery identities with their "
-                                    "scores and, with a threshold, a same/different decision for the best one. A photo "
-                                    "in which no face is found is reported as 'no face found' and never decided "
-                                    "(JSON: face_found false).")
+                        description="Detect every face in each photo, align and embed it, print the top-k gallery "
+                                    "identities with their scores and, with --far or --threshold, a same/different "
+                                    "decision for the best one; each answer names its face (index, box, faces in the "
+                                    "photo). A photo in which no face is found is reported as 'no face found' and "
+                                    "never decided (JSON: face_found false). --threshold is checked against the "
+                                    "score's range and, on a calibrated gallery, against the FAR it means: one that "
+                                    "accepts over 1%% of impostors is refused unless --force-threshold.")
     s.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="probe photos (or folders of photos)")
     s.add_argument("--gallery", type=Path, required=True, metavar="DIR")
     s.add_argument("--k", type=int, default=5, help="identities to list per photo (default 5)")
@@ -284,10 +350,16 @@ def _gallery_parser(subparsers: Any) -> None:
     thr.add_argument("--threshold", type=float,
                      help="decision threshold in the model's units: cosine (accept >= T) for normalised models, "
                           "Euclidean distance (accept <= T, e.g. 0.6 for dlib) for raw ones")
-    thr.add_argument("--far", type=float, help="pick the threshold at this false-accept rate from --report's ROC")
-    s.add_argument("--report", type=Path, metavar="FILE", help="evaluation report.json (or its run folder)")
+    thr.add_argument("--far", type=float, help="decide at this false-accept rate (e.g. 1e-3), from the gallery's "
+                                               "calibration or --report's ROC")
+    s.add_argument("--force-threshold", action="store_true",
+                   help="apply a --threshold that accepts more than 1%% of the calibration's impostors")
+    s.add_argument("--faces", choices=("all", "largest"), default="all",
+                   help="answer for every face of a photo (default) or only its largest")
+    s.add_argument("--report", type=Path, metavar="FILE",
+                   help="evaluation report.json (or its run folder) to calibrate with instead of the gallery's own")
     s.add_argument("--report-model", metavar="NAME", help="model entry of the report (default: the model's name)")
-    s.add_argument("--protocol", metavar="NAME", help="report protocol (default: the first)")
+    s.add_argument("--protocol", metavar="NAME", help="report protocol (default: the one with the most impostors)")
     s.add_argument("--model", metavar="MODEL", help="embed with this model (default: the gallery's)")
     s.add_argument("--allow-cross-model", action="store_true",
                    help="deliberately search with a model other than the gallery's (same embedding space only)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -102,3 +103,58 @@ def align_files(paths: Sequence[str | Path], *, template: str, backend: str = "d
     keep = sorted(found)
     faces = np.stack([found[i] for i in keep]) if keep else np.zeros((0, 1, 1, 3), np.uint8)
     return faces, [files[i] for i in keep], skipped
+
+
+@dataclass
+class ProbeFace:
+    """One face of a probe photo: the photo, its rank by size (0 = largest), how many faces the photo has,
+    the face's box ``[x1, y1, x2, y2]`` in image pixels, and its aligned crop ``(S, S, 3)`` uint8."""
+
+    image: Path
+    index: int
+    faces_in_image: int
+    box: list[float]
+    crop: np.ndarray
+
+
+def probe_faces(paths: Sequence[str | Path], *, template: str, backend: str = "dlib"
+                ) -> tuple[list[ProbeFace], dict[str, str]]:
+    """Every face of each probe photo, aligned to ``template`` (no cache: probes are few and each face counts).
+
+    ``backend="none"``: each photo is one aligned crop. Returns the faces (photo order, largest face first
+    within a photo) and ``{path: reason}`` for photos that gave none: ``"no face found ..."`` or why the file
+    could not be read.
+    """
+    from distill.data.align import make_landmarker, resize_crop
+    from distill.data.imageio import ImageReadError, load_rgb
+    from distill.data.templates import TEMPLATE_SIZE, crop_face
+
+    landmarker = make_landmarker(backend) if backend != "none" else None
+    out: list[ProbeFace] = []
+    skipped: dict[str, str] = {}
+    for p in map(Path, paths):
+        try:
+            img = load_rgb(p)
+        except ImageReadError as e:
+            skipped[str(p)] = str(e)
+            continue
+        if landmarker is None:
+            h, w = img.shape[:2]
+            out.append(ProbeFace(p, 0, 1, [0.0, 0.0, float(w), float(h)], resize_crop(img, TEMPLATE_SIZE[template])))
+            continue
+        try:
+            found = landmarker.detect_all(img)
+        except Exception as e:  # noqa: BLE001 - a detector failing on one photo fails that photo alone
+            skipped[str(p)] = f"no face found: the {backend} detector failed ({type(e).__name__}: {e})"
+            continue
+        faces = []
+        for f in found:
+            try:
+                faces.append((f, crop_face(img, f, template)))
+            except ValueError:  # a degenerate box: not a usable face
+                continue
+        if not faces:
+            skipped[str(p)] = f"no face found by {backend}"
+        out += [ProbeFace(p, i, len(faces), [round(float(v), 1) for v in f.box], crop)
+                for i, (f, crop) in enumerate(faces)]
+    return out, skipped

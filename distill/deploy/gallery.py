@@ -8,15 +8,18 @@ its projection into the teacher's space, searching a teacher-built gallery).
 
 Scores follow :mod:`distill.evaluation.search`: cosine similarity for normalised models, negative
 Euclidean distance for raw ones ("higher = more similar"), so thresholds read from an evaluation
-report's ROC apply unchanged.
+report's ROC apply unchanged. A gallery stores what its score is and, when calibrated, the model's ROC
+(:mod:`.decision`), so decisions are made by false-accept rate and a threshold in another model's units
+is caught. A photo with several faces is never enrolled silently (``multi_face``).
 
 Example::
 
     emb = load_embedder("teacher:dlib_resnet")
-    build_gallery(emb, "teacher:dlib_resnet", "known_people/", "gallery/")
+    cal = calibration_from_report("runs/r1/report.json", emb.name)          # distill.deploy.decision
+    build_gallery(emb, "teacher:dlib_resnet", "known_people/", "gallery/", calibration=cal)
     g = load_gallery("gallery/")
-    thr, info = threshold_from_report("runs/r1/report.json", far=1e-3, model=emb.name)
-    for hit in search_gallery(g, emb, probe_faces, k=5, threshold=thr):
+    rule, _ = decide(g.score, g.calibration, far=1e-3)                     # cosine/distance threshold at FAR 1e-3
+    for hit in search_gallery(g, extract_embeddings(emb, probe_faces), k=5, threshold=rule.score):
         print(hit["matches"][0]["identity"], hit["decision"])
 """
 from __future__ import annotations
@@ -35,9 +38,14 @@ from distill.errors import InputError
 from distill.evaluation.search import build_index, metric_for, search
 from distill.io import atomic_write_bytes, atomic_write_json
 
+from .decision import Calibration, Score
 from .faces import DEFAULT_CACHE_DIR, align_rel_paths
 
 GALLERY_FORMAT = "facedistill-gallery-v1"
+#: ``multi_face="dominant"`` enrols a photo with several faces only when the face taken is this many times
+#: the area of every other face (a portrait with small faces behind); otherwise the photo is skipped
+DOMINANCE = 2.0
+MULTI_FACE_POLICIES = ("skip", "dominant")
 GALLERY_JSON, EMBEDDINGS_NPY, INDEX_FILE = "gallery.json", "embeddings.npy", "index.faiss"
 
 
@@ -73,6 +81,38 @@ class Gallery:
     def metric(self) -> str:
         """``"ip"`` (cosine on unit vectors) or ``"l2"`` (Euclidean)."""
         return self.doc["metric"]
+
+    @property
+    def score(self) -> Score:
+        """What its scores are: cosine (accept >= T) or Euclidean distance (accept <= T)."""
+        return Score("cosine" if self.metric == "ip" else "distance")
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The model's ROC stored at build time (None: built without calibration)."""
+        cal = self.doc.get("calibration")
+        return Calibration.from_dict(cal) if cal else None
+
+
+def multi_face_decision(info: dict[str, Any] | None, policy: str) -> str | None:
+    """Why a photo with several faces (``info``: ``{"faces", "box", "boxes"}`` from the aligner) is not enrolled
+    under ``policy``, or None when it is (one face, or ``dominant`` and the face taken clearly dominates)."""
+    if not info:
+        return None
+    n = info["faces"]
+    if policy == "dominant":
+        boxes, box = info.get("boxes"), info.get("box")
+        if boxes is None or box is None:
+            return (f"{n} faces found and their sizes were not recorded (aligned by an older version): not "
+                    "enrolled; re-align with another --cache-dir")
+        areas = sorted(((b[2] - b[0]) * (b[3] - b[1]) for b in boxes), reverse=True)
+        taken = (box[2] - box[0]) * (box[3] - box[1])
+        if taken >= areas[0] and taken >= DOMINANCE * areas[1]:
+            return None
+        return (f"{n} faces found and none is {DOMINANCE:g}x the area of the others: not enrolled (crop the "
+                "photo to the person)")
+    return (f"{n} faces found: not enrolled, it is not known which one is the person (crop the photo, or "
+            f"--multi-face dominant enrols a face {DOMINANCE:g}x larger than every other)")
 
 
 def model_record(embedder: Any, ref: str) -> dict[str, Any]:
@@ -124,10 +164,41 @@ def load_gallery(root: str | Path) -> Gallery:
     return Gallery(root, doc, emb, index)
 
 
+def _enrol(embedder: Any, images_root: Path, todo: list[tuple[str, str]], model_idx: int, multi_face: str,
+           align: dict[str, Any], batch_size: int
+           ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, str], dict[str, dict[str, Any]]]:
+    """Align, filter (no face, several faces) and embed ``todo`` ``[(rel_path, identity)]``: ``(embeddings
+    (M, D), their item records, {rel_path: skip reason}, {rel_path: several-faces record})``."""
+    from distill.evaluation import extract_embeddings
+
+    if not todo:
+        return np.zeros((0, 0), np.float32), [], {}, {}
+    af = align_rel_paths(images_root, [r for r, _ in todo], template=embedder.preprocessing.alignment, **align)
+    skipped, several, items, keep = dict(af.record.skipped), {}, [], []
+    for k, pos in enumerate(af.indices):
+        rel, ident = todo[int(pos)]
+        info = af.record.several_faces.get(rel)
+        why = multi_face_decision(info, multi_face)
+        if info:
+            several[rel] = {"faces": info["faces"], "box": info.get("box"), "enrolled": why is None, "reason": why}
+        if why is not None:
+            skipped[rel] = why
+            continue
+        keep.append(k)
+        item = {"identity": ident, "path": str((images_root / rel).resolve()), "model": model_idx,
+                "aligned": rel not in af.record.no_face_paths}
+        items.append(item | ({"faces_in_image": info["faces"], "box": info.get("box")} if info else {}))
+    if not keep:
+        return np.zeros((0, 0), np.float32), [], skipped, several
+    emb = extract_embeddings(embedder, np.asarray(af.faces)[keep], batch_size=batch_size, progress=align["progress"])
+    return emb, items, skipped, several
+
+
 def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: str | Path, *,
                   rel_paths: Sequence[str] | None = None, allow_cross_model: bool = False, overwrite: bool = False,
                   index_kind: str = "flat", align_backend: str = "dlib", cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                  no_face: str = "skip", batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+                  no_face: str = "skip", multi_face: str = "skip", calibration: Calibration | None = None,
+                  batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Enrol the identity folders under ``images_root`` (or just ``rel_paths`` of it) into the gallery ``out``.
 
     A new ``out`` is created; an existing gallery is extended (images already enrolled are skipped)
@@ -135,12 +206,17 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
     ``overwrite`` starts afresh. Faces are aligned (through the cache) to the model's template; an
     image in which no face is found is not enrolled (``no_face="skip"``, listed in ``no_face``)
     unless ``no_face="center"`` enrols its centre crop. Identity folders without a usable image are
-    left out and listed (``skipped_identities``).
-    Returns a summary: ``{"added", "already_present", "skipped", "no_face", "skipped_identities",
-    "identities", "items", "model"}``.
+    left out and listed (``skipped_identities``). A photo with several faces is not enrolled
+    (``multi_face="skip"``) unless ``multi_face="dominant"`` and the face taken is :data:`DOMINANCE` times
+    the area of every other; either way it is listed in ``several_faces`` with its decision, and an
+    enrolled one records its face count and box. ``calibration``: the model's ROC, stored so that
+    searches can decide by FAR (:mod:`.decision`); an extended gallery keeps its own unless one is given.
+    Returns a summary: ``{"added", "already_present", "skipped", "no_face", "several_faces",
+    "skipped_identities", "identities", "items", "model", "calibration"}``.
     """
+    if multi_face not in MULTI_FACE_POLICIES:
+        raise GalleryError(f"multi_face must be one of {', '.join(MULTI_FACE_POLICIES)}, got {multi_face!r}")
     from distill.data.folders import scan_identity_folder
-    from distill.evaluation import extract_embeddings
 
     out, images_root = Path(out), Path(images_root)
     record = model_record(embedder, model_ref)
@@ -178,17 +254,11 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
     present = {it["path"] for it in items}
     todo = [(rel, ident) for rel, ident in pairs if str((images_root / rel).resolve()) not in present]
     already = len(pairs) - len(todo)
-    skipped: dict[str, str] = {}
-    new = np.zeros((0, old.shape[1] if old.size else 0), np.float32)
-    if todo:
-        af = align_rel_paths(images_root, [r for r, _ in todo], template=embedder.preprocessing.alignment,
-                             backend=align_backend, cache_dir=cache_dir, no_face=no_face, progress=progress)
-        skipped = dict(af.record.skipped)
-        new = extract_embeddings(embedder, af.faces, batch_size=batch_size, progress=progress)
-        for k, pos in enumerate(af.indices):
-            rel, ident = todo[int(pos)]
-            items.append({"identity": ident, "path": str((images_root / rel).resolve()), "model": model_idx,
-                          "aligned": rel not in af.record.no_face_paths})
+    new, added, skipped, several = _enrol(embedder, images_root, todo, model_idx, multi_face, dict(
+        backend=align_backend, cache_dir=cache_dir, no_face=no_face, progress=progress), batch_size)
+    if not len(new):
+        new = np.zeros((0, old.shape[1] if old.size else 0), np.float32)
+    items += added
     if not items:
         raise GalleryError(f"no face could be enrolled from {images_root} ({len(skipped)} images skipped"
                            + (", no face found in them: pass --no-face center to enrol their centre crops"
@@ -199,16 +269,25 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
     emb = np.concatenate([old, new]) if old.size else new
     metric = models[0]["metric"]
     index = build_index(emb, metric, index_kind)  # type: ignore[arg-type]
+    if calibration is None and existing is not None:
+        calibration = existing.calibration
+    several = {**(existing.doc.get("several_faces", {}) if existing is not None else {}),
+               **{str((images_root / r).resolve()): v for r, v in several.items()}}
+    score = Score("cosine" if metric == "ip" else "distance")
     doc = {"format": GALLERY_FORMAT, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "metric": metric, "dim": int(emb.shape[1]), "index": index_kind, "models": models,
-           "alignment": {"template": embedder.preprocessing.alignment, "backend": align_backend},
-           "identities": sorted({it["identity"] for it in items}), "items": items}
+           "score": {"kind": score.kind, "accept": score.accept},
+           "calibration": calibration.to_dict() if calibration is not None else None,
+           "alignment": {"template": embedder.preprocessing.alignment, "backend": align_backend,
+                         "multi_face": multi_face},
+           "several_faces": several, "identities": sorted({it["identity"] for it in items}), "items": items}
     # the record goes last: load_gallery checks the counts agree, so a crash in between is detected
     atomic_write_bytes(out / EMBEDDINGS_NPY, _npy_bytes(emb))
     atomic_write_bytes(out / INDEX_FILE, _index_bytes(index))
     atomic_write_json(out / GALLERY_JSON, doc)
     faceless = {k: v for k, v in skipped.items() if v.startswith("no face found")}
     return {"added": len(todo) - len(skipped), "already_present": already, "skipped": skipped, "no_face": faceless,
+            "several_faces": several, "calibration": calibration.source if calibration is not None else None,
             "skipped_identities": scanned.skipped_identities,
             "identities": len(doc["identities"]), "items": len(items), "model": record, "gallery": str(out)}
 
@@ -273,52 +352,6 @@ def no_face_result(reason: str) -> dict[str, Any]:
     return {"face_found": False, "matches": [], "decision": None, "reason": reason}
 
 
-def threshold_from_report(report: str | Path, far: float, model: str, *,
-                          protocol: str | None = None) -> tuple[float, dict[str, Any]]:
-    """The score threshold at which ``model`` has false-accept rate ``<= far`` on a report's ROC.
-
-    ``report``: a ``report.json`` or its run directory; ``model``: the model's name in the report
-    (a teacher's name, or a student's ``name-inputsize``); ``protocol``: default the first one.
-    Returns ``(threshold, {"far", "tar", "protocol", "model", "report"})`` of the ROC point used.
-
-    Raises:
-        GalleryError: no such report, model or protocol, or no ROC point reaches ``far``.
-    """
-    from distill.evaluation.results import ReportError, load_report
-
-    try:
-        doc = load_report(report)
-    except FileNotFoundError:
-        raise GalleryError(f"evaluation report {report} does not exist (give RUN/report.json of a finished run)"
-                           ) from None
-    except ReportError as e:
-        raise GalleryError(str(e)) from None
-    path = Path(report) / "report.json" if Path(report).is_dir() else Path(report)
-    try:
-        entry = doc.model(model)
-    except KeyError as e:
-        raise GalleryError(f"{path}: {e.args[0]}; pass --report-model NAME to pick the entry evaluated with this "
-                           f"model") from None
-    if not entry.protocols:
-        raise GalleryError(f"{path}: model {model!r} has no verification results")
-    name = protocol or next(iter(entry.protocols))
-    if name not in entry.protocols:
-        raise GalleryError(f"{path}: model {model!r} has no protocol {name!r} (it has: {', '.join(entry.protocols)})")
-    roc = entry.protocols[name].roc
-    best = roc.threshold_at(far)
-    if best is None:
-        finite = [f for f, thr in zip(roc.far, roc.threshold) if thr is not None and f is not None]
-        raise GalleryError(f"{path}: no ROC point of {model!r} on {name} reaches FAR <= {far:g} "
-                           f"(lowest: {min(finite) if finite else 'none'})")
-    f, t, thr = best
-    return thr, {"far": f, "tar": t, "protocol": name, "model": model, "report": str(path), "requested_far": far}
-
-
 def score_text(score: float, metric: str) -> str:
     """A score in the model's own units: ``cosine 0.812`` or ``distance 0.431``."""
     return f"cosine {score:.3f}" if metric == "ip" else f"distance {-score:.3f}"
-
-
-def user_threshold_to_score(threshold: float, metric: str) -> float:
-    """``--threshold`` is given in the model's units (cosine, or Euclidean distance); scores negate distances."""
-    return threshold if metric == "ip" else -threshold

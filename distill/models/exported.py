@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from distill.embedder import ModuleEmbedder
 from distill.errors import InputError, MissingInputError
 from distill.fingerprint import file_sha256
+from distill.io import describe_file
 from distill.evaluation.results import CostResult
 from distill.preprocess import Preprocessing
 
@@ -97,7 +98,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - a foreign/truncated file gets one clear line
-        raise ExportError(f"{path} is not a readable ONNX model ({e})") from None
+        raise ExportError(f"{path} is not a readable ONNX model: it is {describe_file(path)} ({type(e).__name__}). "
+                          f"Export a student with `distill export`, or copy the file again") from None
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         raise ExportError(f"{path} has no '{METADATA_KEY}' metadata; export it with `distill export` "
@@ -110,6 +112,33 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as z:
         return any(n.endswith(f"/extra/{METADATA_KEY}") for n in z.namelist())
+
+
+def check_graph_agrees(session: Any, meta: dict[str, Any], path: Path) -> None:
+    """Refuse a file whose metadata contradicts its graph: input ``(B, 3, S, S)`` with ``S`` the recorded input
+    size, output ``(B, D)`` with ``D`` the recorded embedding dimension (dimensions the graph leaves symbolic
+    are not checked).
+
+    Raises:
+        ExportError: the input or output tensor is missing or its shape disagrees (names both, exit 2).
+    """
+    ins = {i.name: i.shape for i in session.get_inputs()}
+    outs = {o.name: o.shape for o in session.get_outputs()}
+    size, dim = int(meta["preprocessing"]["input_size"]), int(meta["embedding_dim"])
+    problems = []
+    if INPUT_NAME not in ins:
+        problems.append(f"it has no input named {INPUT_NAME!r} (inputs: {', '.join(ins)})")
+    elif len(ins[INPUT_NAME]) != 4 or any(isinstance(d, int) and d != want for d, want in
+                                          zip(ins[INPUT_NAME][1:], (3, size, size))):
+        problems.append(f"the metadata says input (B, 3, {size}, {size}) but the graph's input is {ins[INPUT_NAME]}")
+    if OUTPUT_NAME not in outs:
+        problems.append(f"it has no output named {OUTPUT_NAME!r} (outputs: {', '.join(outs)})")
+    elif isinstance(outs[OUTPUT_NAME][-1], int) and outs[OUTPUT_NAME][-1] != dim:
+        problems.append(f"the metadata says {dim}-D embeddings but the graph outputs {outs[OUTPUT_NAME]}")
+    if problems:
+        raise ExportError(f"{path}: its facedistill metadata contradicts its graph: {'; '.join(problems)}. The file "
+                          f"was edited or its metadata copied from another export; export the student again with "
+                          f"`distill export`")
 
 
 # --------------------------------------------------------------------------- embedders
@@ -132,6 +161,7 @@ class OnnxEmbedder:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        check_graph_agrees(self.session, self.meta, self.path)
         self.name = self.meta["name"]
         self.preprocessing = preprocessing_of(self.meta)
         self.normalized = bool(self.meta["normalized"])

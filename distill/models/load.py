@@ -2,7 +2,8 @@
 
 References:
 
-* ``teacher:NAME``: a registered teacher with its default real weights, in fp32;
+* ``teacher:NAME``: a registered teacher with its default real weights, in fp32; ``teacher:NAME:WEIGHTS``
+  with ``WEIGHTS`` as the config key ``teacher.weights`` takes it (``teacher:facenet:casia-webface``);
 * ``*.onnx``: :class:`~distill.models.exported.OnnxEmbedder`; a TorchScript export:
   :class:`~distill.models.exported.TorchScriptEmbedder`;
 * a student file (``student.pt``): :class:`~distill.models.exported.StudentEmbedder`, whose
@@ -22,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.errors import MissingInputError
+from distill.errors import InputError, MissingInputError
 
 from .exported import ExportError, OnnxEmbedder, TorchScriptEmbedder, _is_torchscript, student_embedder
 from .student import load_student
@@ -42,7 +43,19 @@ def load_embedder(ref: str | Path, *, with_projection: bool = False) -> Any:
     if s.startswith(TEACHER_PREFIX):  # a model reference names a registered teacher: resolved here
         from teachers import build_teacher
 
-        teacher = build_teacher(s[len(TEACHER_PREFIX):], precision="fp32")
+        name, _, weights = s[len(TEACHER_PREFIX):].partition(":")
+        try:
+            teacher = build_teacher(name, weights or None, precision="fp32")
+        except (InputError, OSError, ValueError) as e:  # a remedy naming the config key: say how the CLI spells it
+            if "teacher.weights" not in str(e):
+                raise
+            msg = (f"{e} (on the command line the config key teacher.weights is the part after a second colon: "
+                   f"{TEACHER_PREFIX}{name}:WEIGHTS, e.g. {TEACHER_PREFIX}facenet:casia-webface)")
+            try:
+                err = type(e)(msg)
+            except TypeError:
+                err = InputError(msg)
+            raise err from None
         if not getattr(teacher, "can_embed", True):
             raise ExportError(f"teacher {s!r} cannot embed images (it is a black box of precomputed embeddings)")
         return teacher

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from distill.errors import InputError, MissingInputError
 from distill.fingerprint import state_digest
-from distill.io import atomic_torch_save, safe_torch_load
+from distill.io import ModelFileError, atomic_torch_save, safe_torch_load
 from distill.preprocess import Preprocessing
 
 STUDENT_FILE = "student.pt"
@@ -202,8 +202,10 @@ def read_student_record(path: str | Path) -> dict[str, Any]:
                                 f"is RUN/{STUDENT_FILE})")
     try:
         record = safe_torch_load(path)
-    except Exception as e:  # noqa: BLE001 - a tampered/truncated file must give one clear line
-        raise StudentFileError(f"{path} is not a loadable facedistill student checkpoint: {e}") from None
+    except ModelFileError as e:  # one paragraph: what the file is, and what to give instead
+        raise StudentFileError(f"{path} is not a loadable facedistill student checkpoint: it is {e.what}."
+                               f" Give the student.pt a run wrote (RUN/{STUDENT_FILE}), an exported .onnx file or "
+                               f"teacher:NAME; if this is that file, copy or download it again") from None
     fmt = record.get("format") if isinstance(record, dict) else None
     if fmt not in (STUDENT_FORMAT, *LEGACY_FORMATS):
         raise StudentFileError(f"{path} is not a facedistill student checkpoint (expected format "

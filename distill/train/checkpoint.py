@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.io import atomic_torch_save, safe_torch_load
+from distill.io import ModelFileError, atomic_torch_save, safe_torch_load
 
 
 class CheckpointError(RuntimeError):
@@ -70,5 +70,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return safe_torch_load(path)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise CheckpointError(f"{path} could not be loaded ({type(e).__name__}: {e}); "
-                              f"delete it to restart the run from scratch") from None
+        what = e.what if isinstance(e, ModelFileError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path} could not be loaded: it is {what}; delete it to restart the run from "
+                              "scratch") from None
