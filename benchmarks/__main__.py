@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.report import SECTIONS, machine_info, write_results
+from benchmarks.report import SECTIONS, machine_info, machine_label, write_results
 
 #: default 1:N search grid: 1M only at dim 128 keeps the full run within 30 minutes on 2 cores
 #: (IVF k-means and the HNSW build at 1M x 512 take longer than the rest of the run together)
@@ -193,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds = {k: v for k, v in old["meta"].get("section_seconds", {}).items() if k not in args.sections}
         cpu = {k: v for k, v in old["meta"].get("section_cpu_seconds", {}).items() if k not in args.sections}
         doc["meta"]["command"] = f"{old['meta']['command']}, then {command}"
+        kept_on = old["meta"].get("section_machine") or {}
+        doc["meta"]["section_machine"] = {
+            k: kept_on.get(k, f"{old['meta'].get('cpu_model', '?')}, CPU capability not recorded")
+            for k in doc["sections"]}
         doc["meta"]["sections"] = [s for s in SECTIONS if s in doc["sections"] or s in args.sections]
     start = time.perf_counter()
     for i, name in enumerate(args.sections, 1):
@@ -205,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"[{i}/{len(args.sections)}] {name} FAILED: {type(e).__name__}: {e}")
             traceback.print_exc()
         seconds[name], cpu[name] = time.perf_counter() - t0, cpu_seconds() - c0
+        doc["meta"].setdefault("section_machine", {})[name] = machine_label(doc["meta"])
         log(f"[{i}/{len(args.sections)}] {name} done in {seconds[name]:.1f} s ({cpu[name]:.1f} CPU s)")
         doc["meta"].update(section_seconds=seconds, section_cpu_seconds=cpu,
                            seconds=sum(seconds.values()) if args.update else time.perf_counter() - start)

@@ -52,6 +52,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_label(meta: dict[str, Any]) -> str:
+    """``CPU model, capability`` of a report's machine (what each section records it ran on)."""
+    return f"{meta.get('cpu_model', '?')}, {meta.get('versions', {}).get('cpu_capability', 'capability not recorded')}"
+
+
 def machine_info(command: str, quick: bool) -> dict[str, Any]:
     """CPU, cores, library versions, date and the command line: the header of every report."""
     from distill.evaluation.report import versions
@@ -409,6 +414,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
              f"{v.get('cpu_int8_kernels', 'not recorded')} (speed and int8 numbers depend on both)",
              f"- torch {v.get('torch', '?')}, faiss {v.get('faiss', '?')}, numpy {v.get('numpy', '?')}, "
              f"python {v.get('python', '?')}, {v.get('platform', '')}"]
+    on = meta.get("section_machine") or {}
+    if len(set(on.values())) > 1:
+        lines.append("- **sections were measured on different machines**: " + "; ".join(
+            f"{k}: {v}" for k, v in on.items()) + " (compare numbers within a section)")
     if "load_average_at_start" in meta:
         lines.append("- load average at start: " + ", ".join(f"{x:.2f}" for x in meta["load_average_at_start"]) +
                      " (absolute times drift on shared machines; compare ratios from the same run)")

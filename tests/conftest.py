@@ -62,6 +62,22 @@ def lfw_align_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "deploy-align-cache"
 
 
+@pytest.fixture(scope="session")
+def devtest_aligned(lfw_root: Path, lfw_align_cache: Path) -> Path:
+    """:func:`lfw_align_cache` holding every image of the LFW DevTest people aligned to dlib_150 (dlib), done
+    once with 2 worker processes; the int8 check, the flagship re-evaluation and galleries read it."""
+    from distill.data.align import align_images
+    from distill.data.folders import scan_identity_folder
+    from distill.data.pairs import read_pairs
+
+    root = lfw_root / "lfw-deepfunneled"
+    people = read_pairs(lfw_root / "pairsDevTest.txt", root, check_exists=False).people()
+    images = scan_identity_folder(root).select_identities(people)
+    align_images(root, images.rel_paths, template="dlib_150", backend="dlib", cache_dir=lfw_align_cache / "aligned",
+                 no_face="center", progress=False, workers=2)
+    return lfw_align_cache
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny convs run ~10x faster on 1 thread than on 2 contended ones (CI has 2 shared cores)."""

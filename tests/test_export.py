@@ -147,7 +147,8 @@ def test_cli_rejects_bad_requests(ckpt, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_int8_reports_accuracy_and_latency(ckpt, lfw_root, lfw_faces, align_cache, tmp_path, capsys):
+def test_cli_int8_reports_accuracy_and_latency(ckpt, lfw_root, lfw_faces, align_cache, devtest_aligned, tmp_path,
+                                               capsys):
     out = tmp_path / "s.onnx"
     summary_path = tmp_path / "summary.json"
     rc = _cli(["export", str(ckpt), "--format", "onnx", "--int8", "-o", str(out),

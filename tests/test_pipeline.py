@@ -305,3 +305,5 @@ def test_readme_api_example_round_trips_through_export_and_gallery(tiny_run: Pat
                       str(tmp_path / "gallery"), "--cache-dir", str(cache))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "mobilenet_v1_025-112" in res.stdout
+    # the run's own report calibrates the gallery: searches can decide by false-accept rate
+    assert f"calibrated on {tmp_path / 'mine' / 'report.json'}" in res.stdout, res.stdout

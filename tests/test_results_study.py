@@ -158,7 +158,7 @@ def test_rows_whose_run_folders_are_gone_are_kept_from_the_committed_json(tmp_pa
 
 
 @pytest.mark.slow
-def test_committed_flagship_reproduces_its_results_row(lfw_root, lfw_align_cache, tmp_path):
+def test_committed_flagship_reproduces_its_results_row(lfw_root, devtest_aligned, tmp_path):
     """The one-line re-evaluation of RESULTS.md: the committed checkpoint gives the committed numbers."""
     import json
     import os
@@ -170,7 +170,8 @@ def test_committed_flagship_reproduces_its_results_row(lfw_root, lfw_align_cache
     row = json.loads((ROOT / "results" / "flagship.json").read_text())
     out = tmp_path / "ev"
     res = subprocess.run([sys.executable, "-m", "distill.cli", "eval", "configs/lfw_devtest_eval.yaml", "--checkpoint",
-                          str(ckpt), "--no-teacher", "--set", "eval.latency=false", "--set", f"data.cache_dir={lfw_align_cache}",
+                          str(ckpt), "--no-teacher", "--set", "eval.latency=false",
+                          "--set", f"data.cache_dir={devtest_aligned}",
                           "--out", str(out)],
                          capture_output=True, text=True, timeout=1200, cwd=ROOT,
                          env={**os.environ, "FACEDISTILL_LFW": str(lfw_root)})
