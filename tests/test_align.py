@@ -315,16 +315,17 @@ N_PAIRS = 150
 
 
 @pytest.fixture(scope="module")
-def devtest_sample(lfw_root, tmp_path_factory):
-    """A seeded sample of pairsDevTest.txt pairs and their images aligned to dlib_150 by both backends."""
+def devtest_sample(lfw_root, devtest_aligned):
+    """A seeded sample of pairsDevTest.txt pairs and their images aligned to dlib_150 by both backends (dlib's
+    from the session's shared cache of the DevTest people, MTCNN's in 2 worker processes)."""
     from benchmarks.alignment import read_pairs, sample_pairs
 
     pairs = sample_pairs(read_pairs(lfw_root / "pairsDevTest.txt"), N_PAIRS, seed=0)
     paths = sorted({p for a, b, _ in pairs for p in (a, b)})
-    cache = tmp_path_factory.mktemp("align-cache")
+    cache = devtest_aligned / "aligned"
     root = lfw_root / "lfw-deepfunneled"
     out = {b: align_images(root, paths, template="dlib_150", backend=b, cache_dir=cache, no_face="skip",
-                           progress=False) for b in ("mtcnn", "dlib")}
+                           progress=False, workers=2) for b in ("mtcnn", "dlib")}
     return pairs, paths, out
 
 
