@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 def markdown(doc: dict) -> str:
     """The table of :func:`main`'s rows."""
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    lines = [f"| int8 file | CPU | DevTest acc % fp32 -> int8 | TAR@1e-3 % fp32 -> int8 | cos to fp32 | within |",
+    lines = ["| int8 file | CPU | DevTest acc % fp32 -> int8 | TAR@1e-3 % fp32 -> int8 | cos to fp32 | within |",
              "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['variant']} | {r['cpu']} | {pct(r['accuracy']['fp32'])} -> {pct(r['accuracy']['int8'])} "

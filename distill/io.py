@@ -20,6 +20,8 @@ from typing import Any, Callable, IO
 
 import torch
 
+from distill.errors import InputError
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -147,9 +149,9 @@ def describe_file(path: str | Path) -> str:
     return f"{kind} starting {' '.join(text.split())[:60]!r}"
 
 
-class ModelFileError(Exception):
-    """A model file that cannot be loaded: ``path`` and ``what`` it appears to be (:func:`describe_file`).
-    Callers wrap it in their own :class:`~distill.errors.InputError` with the remedy of the command in hand."""
+class ModelFileError(InputError, ValueError):
+    """A model file that cannot be loaded (exit 2): ``path`` and ``what`` it appears to be (:func:`describe_file`).
+    Callers that know the command in hand wrap it with their remedy; the others pass it on as it is."""
 
     def __init__(self, path: str | Path, what: str) -> None:
         super().__init__(f"{path} is {what}")

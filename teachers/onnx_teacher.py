@@ -172,13 +172,14 @@ def load_onnx_graph(path: Path, threads: int | None = None) -> tuple[Any, bool, 
     return _session(fixed, threads), True, repairs
 
 
-def onnx_mult_adds(model_path: Path, input_size: int) -> int:
-    """Mult-adds of one face through the graph: Conv (with groups), Gemm and MatMul, from ONNX shape inference
-    at batch 1 (the quantised variants ConvInteger/QLinearConv/MatMulInteger count the same)."""
+def onnx_mult_adds(model: Any, input_size: int) -> int:
+    """Mult-adds of one face through ``model`` (an ``onnx.ModelProto``, not changed): Conv (with groups), Gemm
+    and MatMul, from ONNX shape inference at batch 1 (ConvInteger/QLinearConv/MatMulInteger count the same)."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
-    m = onnx.load(str(model_path))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
     repair_graph(m)
     _symbolic_batch(m)
     x = m.graph.input[0].type.tensor_type.shape.dim
@@ -273,8 +274,8 @@ class OnnxTeacher(Teacher):
         """``(params, mult_adds)`` from the graph (torch cannot count inside onnxruntime)."""
         import onnx
 
-        params = sum(int(np.prod(t.dims)) for t in onnx.load(str(self.path)).graph.initializer)
-        return params, onnx_mult_adds(self.path, input_size)
+        model = onnx.load(str(self.path))
+        return sum(int(np.prod(t.dims)) for t in model.graph.initializer), onnx_mult_adds(model, input_size)
 
 
 def _options(path: Path, given: dict[str, Any]) -> dict[str, Any]:

@@ -209,3 +209,16 @@ def test_plan_says_when_a_student_costs_more_than_its_teacher():
                                       "student.name=mobilenet_v1_100", "--set", "student.input_size=224"])
     assert rc == 0, err
     assert "x more than the teacher" in out and "fewer than the teacher" not in out
+
+
+def test_every_model_loader_describes_a_bad_file_as_an_input_error(tmp_path):
+    """The same faults through the other loaders: a training checkpoint or teacher weights that are a web page
+    are an input to fix (exit 2), described, with no torch advice."""
+    from distill.errors import InputError
+    from teachers import build_teacher
+
+    page = tmp_path / "weights.pt"
+    page.write_bytes(b"<html><head><title>404</title></head><body>Not Found</body></html>")
+    with pytest.raises(InputError, match="an HTML page") as info:
+        build_teacher("timm", page, model_name="resnet18")
+    assert str(page) in str(info.value) and "weights_only" not in str(info.value)

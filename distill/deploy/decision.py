@@ -46,6 +46,11 @@ class Score:
         """Cosine for L2-normalised embeddings, Euclidean distance otherwise."""
         return cls("cosine" if normalized else "distance")
 
+    @classmethod
+    def for_metric(cls, metric: str) -> "Score":
+        """The score of a FAISS metric: ``ip`` (unit vectors) -> cosine, ``l2`` -> distance."""
+        return cls.for_model(metric == "ip")
+
     @property
     def accept(self) -> str:
         """``>=`` (cosine) or ``<=`` (distance)."""

@@ -85,7 +85,7 @@ class Gallery:
     @property
     def score(self) -> Score:
         """What its scores are: cosine (accept >= T) or Euclidean distance (accept <= T)."""
-        return Score("cosine" if self.metric == "ip" else "distance")
+        return Score.for_metric(self.metric)
 
     @property
     def calibration(self) -> Calibration | None:
@@ -271,16 +271,16 @@ def build_gallery(embedder: Any, model_ref: str, images_root: str | Path, out: s
     index = build_index(emb, metric, index_kind)  # type: ignore[arg-type]
     if calibration is None and existing is not None:
         calibration = existing.calibration
-    several = {**(existing.doc.get("several_faces", {}) if existing is not None else {}),
-               **{str((images_root / r).resolve()): v for r, v in several.items()}}
-    score = Score("cosine" if metric == "ip" else "distance")
+    several = {str((images_root / r).resolve()): v for r, v in several.items()}   # this call's photos
+    score = Score.for_metric(metric)
     doc = {"format": GALLERY_FORMAT, "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "metric": metric, "dim": int(emb.shape[1]), "index": index_kind, "models": models,
            "score": {"kind": score.kind, "accept": score.accept},
            "calibration": calibration.to_dict() if calibration is not None else None,
            "alignment": {"template": embedder.preprocessing.alignment, "backend": align_backend,
                          "multi_face": multi_face},
-           "several_faces": several, "identities": sorted({it["identity"] for it in items}), "items": items}
+           "several_faces": {**(existing.doc.get("several_faces", {}) if existing is not None else {}), **several},
+           "identities": sorted({it["identity"] for it in items}), "items": items}
     # the record goes last: load_gallery checks the counts agree, so a crash in between is detected
     atomic_write_bytes(out / EMBEDDINGS_NPY, _npy_bytes(emb))
     atomic_write_bytes(out / INDEX_FILE, _index_bytes(index))
