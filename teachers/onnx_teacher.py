@@ -13,6 +13,9 @@ Files as they are shipped often need repairs that onnxruntime does not make; the
 * initialisers also listed as graph inputs (old exporters; onnxruntime warns once per initialiser) and
   declared inputs that no node consumes (OpenCV zoo's SFace declares 29 of them, which onnxruntime then
   demands at every call) are removed from the input list;
+* weights stored quantised (``DequantizeLinear`` of an initialiser, as in block-quantised "int8bq" files)
+  are dequantised once at load instead of at every call, so onnxruntime can fuse each BatchNorm into its
+  convolution: the same outputs (SFace: max difference 2e-6), 1.23x the faces per second here;
 * a batch dimension fixed at 1 is made symbolic when the graph then runs a batch of 2 (faces are embedded
   in batches); otherwise the fixed graph runs one face at a time.
 
@@ -122,6 +125,40 @@ def repair_graph(model: Any) -> list[str]:
     return notes
 
 
+def fold_weight_dequantize(model: Any) -> list[str]:
+    """Replace every ``DequantizeLinear`` whose inputs are all initialisers by its fp32 result (computed once
+    with ``onnx.reference``) in ``model`` (changed in place); returns what was done, one phrase or none."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    inits = {t.name: t for t in model.graph.initializer}
+    folded, kept = [], []
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input if i):
+            kept.append(node)
+            continue
+        out = helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+        graph = helper.make_graph([node], "dequantize", [], [out], [inits[i] for i in node.input if i])
+        # opset 21's DequantizeLinear is a superset of 10/13/19 (adds types, block_size): evaluated there
+        one = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        try:
+            value = ReferenceEvaluator(one).run(None, {})[0]
+        except Exception:  # noqa: BLE001 - a form the reference cannot evaluate stays in the graph
+            kept.append(node)
+            continue
+        folded.append(numpy_helper.from_array(np.asarray(value, np.float32), node.output[0]))
+    if not folded:
+        return []
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    live = [t for t in model.graph.initializer if t.name in used] + folded
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(live)
+    return [f"{len(folded)} quantised weights dequantised once at load"]
+
+
 def _symbolic_batch(model: Any) -> bool:
     """Make a batch dimension fixed at 1 symbolic on the input and outputs; True when it was fixed."""
     dims = [v.type.tensor_type.shape.dim for v in (*model.graph.input[:1], *model.graph.output)]
@@ -159,7 +196,7 @@ def load_onnx_graph(path: Path, threads: int | None = None) -> tuple[Any, bool, 
     except Exception as e:  # noqa: BLE001 - a foreign/truncated file gets one clear line
         raise OnnxTeacherError(f"{path} is not a readable ONNX model: it is {describe_file(path)} "
                                f"({type(e).__name__}); point teacher.weights at the .onnx file itself") from None
-    repairs = repair_graph(model)
+    repairs = repair_graph(model) + fold_weight_dequantize(model)
     fixed = model.SerializeToString()
     if _symbolic_batch(model):
         try:

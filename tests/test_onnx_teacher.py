@@ -53,6 +53,27 @@ def export(net: nn.Module, path: Path, *, junk_inputs: bool = False) -> Path:
     return path
 
 
+def quantise_linear_weight(net: Tiny, path: Path) -> Path:
+    """``net.fc.weight`` snapped to an int8 grid and stored in the file as int8 + scale behind a
+    ``DequantizeLinear`` (how block-quantised "int8bq" files such as SFace store weights)."""
+    with torch.no_grad():
+        scale = float(net.fc.weight.abs().max()) / 127
+        q = torch.round(net.fc.weight / scale)
+        net.fc.weight.copy_(q * scale)
+    export(net, path)
+    m = onnx.load(str(path))
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
+    name = gemm.input[1]
+    inits = [t for t in m.graph.initializer if t.name != name]
+    inits += [onnx.numpy_helper.from_array(q.numpy().astype(np.int8), name + "_q"),
+              onnx.numpy_helper.from_array(np.array(scale, np.float32), name + "_scale")]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", [name + "_q", name + "_scale"], [name]))
+    onnx.save(m, str(path))
+    return path
+
+
 def reference(net: nn.Module, faces: torch.Tensor, bgr: bool = False) -> torch.Tensor:
     x = (faces.permute(0, 3, 1, 2).float() - 127.5) / 127.5
     with torch.no_grad():
@@ -87,6 +108,15 @@ def test_a_batch_fixed_inside_the_graph_runs_a_face_at_a_time(tmp_path, faces):
     net = Tiny(flatten_batch_one=True)
     teacher = build_teacher("onnx", export(net, tmp_path / "fixed.onnx"), **OPTIONS)
     assert not teacher.batched and any("one face per call" in r for r in teacher.repairs)
+    np.testing.assert_allclose(teacher.embed(faces).numpy(), reference(net, faces).numpy(), atol=1e-5)
+
+
+def test_quantised_weights_are_dequantised_once_at_load(tmp_path, faces):
+    net = Tiny()
+    path = quantise_linear_weight(net, tmp_path / "int8bq.onnx")
+    assert sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node) == 1
+    teacher = build_teacher("onnx", path, **OPTIONS)
+    assert "1 quantised weights dequantised once at load" in teacher.repairs
     np.testing.assert_allclose(teacher.embed(faces).numpy(), reference(net, faces).numpy(), atol=1e-5)
 
 
