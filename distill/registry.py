@@ -69,11 +69,14 @@ class UnknownNameError(KeyError):
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """One registered factory: its name, the callable, a description and preset default arguments."""
+    """One registered factory: its name, the callable, a description, preset default arguments and, optionally,
+    ``check``: a fail-fast check of the weights the factory would load (``weights`` or None for its default ->
+    problems, one sentence each; never downloads)."""
     name: str
     factory: Callable[..., T]
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    check: Callable[[str | None], list[str]] | None = None
 
     def build(self, **kwargs: Any) -> T:
         """Call the factory with the preset defaults, overridden by ``kwargs``."""
@@ -88,12 +91,14 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
-        self, name: str | None = None, *, description: str = "", **defaults: Any
+        self, name: str | None = None, *, description: str = "",
+        check: Callable[[str | None], list[str]] | None = None, **defaults: Any
     ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Register ``factory`` under ``name`` (default: the function's name).
 
         Keyword ``defaults`` are passed to the factory unless the caller overrides
-        them, which lets one factory back several named presets.
+        them, which lets one factory back several named presets. ``check`` is the entry's weight check
+        (see :class:`Entry`).
         """
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
@@ -103,7 +108,7 @@ class Registry(Generic[T]):
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
             doc = description or next(iter((factory.__doc__ or "").strip().splitlines()), "")
-            self._entries[key] = Entry(key, factory, doc, dict(defaults))
+            self._entries[key] = Entry(key, factory, doc, dict(defaults), check)
             return factory
 
         return deco

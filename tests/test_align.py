@@ -24,7 +24,7 @@ PEOPLE = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Colin_Powell/Colin_Powell_000
 
 @pytest.fixture(scope="module")
 def landmarkers():
-    return {"dlib": align.DlibLandmarker(), "mtcnn": align.MTCNNLandmarker()}
+    return {"dlib": align.DlibLandmarker(), "mtcnn": align.MTCNNLandmarker(), "yunet": align.YuNetLandmarker()}
 
 
 @pytest.fixture()
@@ -112,8 +112,8 @@ def test_both_backends_make_every_template_and_agree(lfw_root, landmarkers, temp
 
 
 def test_arcface_chips_put_the_landmarks_on_the_template(lfw_root, landmarkers):
-    """Re-detecting on arcface_112 chips finds eyes/nose/mouth where ArcFace wants them, from either backend."""
-    errors: dict[str, list[float]] = {"dlib": [], "mtcnn": []}
+    """Re-detecting on arcface_112 chips finds eyes/nose/mouth where ArcFace wants them, from every backend."""
+    errors: dict[str, list[float]] = {"dlib": [], "mtcnn": [], "yunet": []}
     for rel in PEOPLE:
         img = load_rgb(lfw_root / "lfw-deepfunneled" / rel)
         for name, lm in landmarkers.items():
@@ -125,7 +125,7 @@ def test_arcface_chips_put_the_landmarks_on_the_template(lfw_root, landmarkers):
             errors[name].append(float(np.linalg.norm(again.points - 56 - ARCFACE_112, axis=1).mean()))
     mean = {k: float(np.mean(v)) for k, v in errors.items()}
     print("mean landmark error on arcface_112 chips (px):", mean)
-    assert mean["mtcnn"] < 5.0 and mean["dlib"] < 5.0 and mean["dlib"] < mean["mtcnn"] + 2.0
+    assert mean["mtcnn"] < 5.0 and mean["dlib"] < 5.0 and mean["yunet"] < 5.0 and mean["dlib"] < mean["mtcnn"] + 2.0
 
 
 def test_centre_fallback_is_close_to_a_real_lfw_alignment(lfw_root, landmarkers):
@@ -243,7 +243,7 @@ def test_a_detector_failure_skips_only_that_image(small_root, tmp_path, landmark
     Image.fromarray(np.full((3, 5, 3), 128, np.uint8)).save(small_root / "tiny.png")
     Image.fromarray(np.full((20, 4000, 3), 90, np.uint8)).save(small_root / "strip.png")
     paths = [PEOPLE[0], "tiny.png", "strip.png", PEOPLE[1]]
-    for backend in ("dlib", "mtcnn"):
+    for backend in ("dlib", "mtcnn", "yunet"):
         af = align_images(small_root, paths, template="facenet_160", backend=backend, no_face="center",
                           cache_dir=tmp_path / "cache", progress=False, landmarker=landmarkers[backend])
         assert af.rel_paths[0] == PEOPLE[0] and af.rel_paths[-1] == PEOPLE[1] and af.record.aligned == 2
@@ -268,7 +268,7 @@ def test_a_detector_failure_skips_only_that_image(small_root, tmp_path, landmark
 
 
 # --------------------------------------------------------------------------- policies / backend none
-@pytest.mark.parametrize("backend", ["dlib", "mtcnn"])
+@pytest.mark.parametrize("backend", ["dlib", "mtcnn", "yunet"])
 def test_no_face_policy_center_or_skip(small_root, tmp_path, landmarkers, backend):
     _background(small_root / "wall.jpg")
     paths = [PEOPLE[0], "wall.jpg", PEOPLE[1]]

@@ -236,3 +236,13 @@ def test_distill_run_takes_an_onnx_teacher_from_four_declared_keys(tmp_path):
     (manifest,) = (tmp_path / "cache" / "teacher").rglob("manifest.json")
     from distill.fingerprint import file_sha256
     assert f"onnx-{file_sha256(path)[:16]}" in json.loads(manifest.read_text())["key"]["teacher"]  # keyed by bytes
+    # the run's own config names the same teacher to the deploy commands: --model teacher:CONFIG.yaml
+    from distill.models.load import load_embedder
+    from distill.errors import MissingInputError
+
+    emb = load_embedder(f"teacher:{tmp_path / 'run' / 'config.yaml'}")
+    faces = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8))
+    assert emb.name == "my_face_model" and emb.channels == "rgb"
+    np.testing.assert_allclose(emb.embed(faces).numpy(), reference(Tiny(), faces).numpy(), atol=1e-5)
+    with pytest.raises(MissingInputError, match="does not exist"):
+        load_embedder(f"teacher:{tmp_path / 'nope.yaml'}")

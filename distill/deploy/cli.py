@@ -226,7 +226,7 @@ def cmd_gallery_search(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 def _align_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--align-backend", choices=("dlib", "mtcnn", "none"), default="dlib",
+    p.add_argument("--align-backend", choices=("dlib", "mtcnn", "yunet", "none"), default="dlib",
                    help="landmark detector used to align faces ('none': images are aligned crops); default dlib")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                    help=f"cache folder for aligned faces (default {DEFAULT_CACHE_DIR}, shared with `distill run`)")
@@ -308,7 +308,8 @@ def _gallery_parser(subparsers: Any) -> None:
                                     "model's fingerprint; adding with another model is refused unless "
                                     "--allow-cross-model.")
     b.add_argument("--model", required=True, metavar="MODEL",
-                   help="student.pt, an exported .onnx / TorchScript file, or teacher:NAME (e.g. teacher:dlib_resnet)")
+                   help="student.pt, an exported .onnx / TorchScript file, teacher:NAME (e.g. teacher:dlib_resnet) or "
+                        "teacher:CONFIG.yaml (the teacher section of a run config: an ONNX teacher with its options)")
     b.add_argument("--images", type=Path, required=True, metavar="DIR", help="identity folders to enrol")
     b.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="gallery folder")
     b.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",

@@ -4,6 +4,8 @@ References:
 
 * ``teacher:NAME``: a registered teacher with its default real weights, in fp32; ``teacher:NAME:WEIGHTS``
   with ``WEIGHTS`` as the config key ``teacher.weights`` takes it (``teacher:facenet:casia-webface``);
+  ``teacher:CONFIG.yaml`` builds the ``teacher`` section of a run config (name, weights, options, precision):
+  the way to name a teacher that needs options, such as an ONNX file (``teacher.name: onnx``);
 * ``*.onnx``: :class:`~distill.models.exported.OnnxEmbedder`; a TorchScript export:
   :class:`~distill.models.exported.TorchScriptEmbedder`;
 * a student file (``student.pt``): :class:`~distill.models.exported.StudentEmbedder`, whose
@@ -32,6 +34,27 @@ from .student import load_student
 TEACHER_PREFIX = "teacher:"
 
 
+def _config_teacher(path: Path) -> Any:
+    """The teacher a run config declares (``teacher:CONFIG.yaml``), checked like ``distill run`` checks it.
+
+    Raises:
+        MissingInputError: no such file. ConfigError: the config is invalid (names the key)."""
+    from distill.config import load_config
+    from teachers import build_teacher
+
+    if not path.is_file():
+        raise MissingInputError(f"model teacher:{path}: the config file {path} does not exist (give the run "
+                                "config whose teacher section names the model, or teacher:NAME)")
+    t = load_config(path).teacher
+    try:
+        teacher = build_teacher(t.name, t.weights, t.precision, **t.options)
+    except TypeError as e:
+        raise InputError(f"{path}: teacher '{t.name}' does not accept teacher.options {sorted(t.options)}: {e}") from None
+    if not getattr(teacher, "can_embed", True):
+        raise ExportError(f"the teacher of {path} cannot embed images (it is a black box of precomputed embeddings)")
+    return teacher
+
+
 def load_embedder(ref: str | Path, *, with_projection: bool = False) -> Any:
     """An embedder for ``ref`` (see the module docs).
 
@@ -40,6 +63,8 @@ def load_embedder(ref: str | Path, *, with_projection: bool = False) -> Any:
         ExportError / StudentFileError: the file is not a model facedistill can run.
     """
     s = str(ref)
+    if s.startswith(TEACHER_PREFIX) and s.lower().endswith((".yaml", ".yml")):
+        return _config_teacher(Path(s[len(TEACHER_PREFIX):]))
     if s.startswith(TEACHER_PREFIX):  # a model reference names a registered teacher: resolved here
         from teachers import build_teacher
 
