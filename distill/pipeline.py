@@ -84,10 +84,12 @@ def _teacher_source(teacher: Any, views: FaceViews, train: TrainData, cfg: Confi
                               f"set train.teacher_mode=cached")
         keys = train.rel_paths
         return build_lookup_cache(lambda idx: teacher.lookup([keys[i] for i in idx]), teacher.fingerprint(),
-                                  teacher.embedding_dim, views, cfg.data.cache_dir / "teacher", log=log)
+                                  teacher.embedding_dim, views, cfg.data.cache_dir / "teacher", log=log,
+                                  dtype=cfg.train.cache_dtype)
     if cfg.train.teacher_mode == "cached":
         return build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
-                                   batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log)
+                                   batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log,
+                                   dtype=cfg.train.cache_dtype)
     return OnlineTeacher(teacher)
 
 
@@ -238,7 +240,8 @@ def cache_teacher(cfg: Config, log: Log = print) -> Any:
     train = prepare_train(cfg, template, log)
     views = _views(train.faces, cfg)
     cache = build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
-                                batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log)
+                                batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log,
+                                dtype=cfg.train.cache_dtype)
     log(f"teacher cache ready: {len(views)} images x {cfg.train.cache_views} views x {teacher.embedding_dim}-D")
     return cache
 

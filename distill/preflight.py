@@ -52,6 +52,11 @@ def find_problems(cfg: Config) -> list[str]:
             if not spec.folder.is_dir():
                 problems.append(f"evaluation data: eval.pairs[{i}].folder {spec.folder} is not a folder")
             continue
+        if spec.bin is not None:
+            if not spec.bin.is_file():
+                problems.append(f"evaluation data: eval.pairs[{i}].bin {spec.bin} does not exist (an insightface "
+                                f".bin validation set such as lfw.bin, from the dataset folder of the training set)")
+            continue
         for key, f in (("file", spec.file), ("only_people_in", spec.only_people_in)):
             if f is not None and not f.is_file():
                 missing.setdefault(str(f), f"eval.pairs[{i}].{key}")

@@ -12,6 +12,7 @@ from distill.data.views import FaceViews
 from distill.losses import DistillLoss
 from distill.preprocess import Preprocessing
 from distill.train import build_lookup_cache, build_teacher_cache, fit
+from distill.train.teacher_cache import CacheError
 from teachers import CallableTeacher
 from test_trainer import flip_jitter, orl_faces, settings, tiny_student, tiny_teacher  # noqa: F401
 
@@ -118,6 +119,32 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, views: FaceViews, damage: str)
                 "nan_unfinished": None}[damage]
     if expected:
         assert expected in logs[0], logs
+
+
+def test_float16_cache_halves_the_file_keeps_the_targets_and_its_guarantees(tmp_path: Path, views: FaceViews) -> None:
+    ref = build(tiny_teacher(), views, tmp_path)
+    half = build_teacher_cache(tiny_teacher(), views, K, tmp_path, batch_size=4, log=lambda m: None, dtype="float16")
+    assert half.path != ref.path and (half.path / "embeddings.f16").stat().st_size * 2 == \
+        (ref.path / "embeddings.f32").stat().st_size
+    idx, vids = torch.arange(16), torch.arange(16) % K
+    a, b = ref.get(idx, vids), half.get(idx, vids)
+    assert b.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    assert cos.min() > 1 - 1e-6 and (a - b).abs().max() <= a.abs().max() * 2 ** -10
+    # resumable and verified like float32: a flipped value is caught by the checksum and rebuilt
+    data = half.path / "embeddings.f16"
+    arr = np.memmap(data, dtype=np.float16, mode="r+", shape=(16, K, 32))
+    arr[2, 0, 0] += 1
+    arr.flush()
+    del arr, half
+    logs: list[str] = []
+    again = build_teacher_cache(tiny_teacher(), views, K, tmp_path, batch_size=4, log=logs.append, dtype="float16")
+    assert "checksum" in logs[0] and torch.equal(again.get(idx, vids), b)
+    # embeddings float16 cannot hold are refused, not stored as inf
+    big = CallableTeacher(lambda x: tiny_teacher().fn(x) * 1e6, name="big", preprocessing=tiny_teacher().preprocessing,
+                          embedding_dim=32, normalized=False)
+    with pytest.raises(CacheError, match="cache_dtype: float32"):
+        build_teacher_cache(big, views, K, tmp_path / "big", batch_size=4, log=lambda m: None, dtype="float16")
 
 
 def test_lookup_cache_k1(tmp_path: Path) -> None:

@@ -66,11 +66,14 @@ import numpy as np
 
 from distill import io as dio
 from distill.data import imageio
-from distill.data.templates import TEMPLATE_SIZE, TEMPLATE_VERSION, Face, center_face, crop_face, select_face
+from distill.data.templates import (TEMPLATE_SIZE, TEMPLATE_VERSION, Face, center_face, crop_face, reframe_crop,
+                                    reframe_matrix, select_face)
 from distill.preprocess import ALIGNMENTS
 
 BACKENDS = ("dlib", "mtcnn", "yunet", "none")
 NO_FACE_POLICIES = ("center", "skip")
+#: backend label of crops re-framed from another template (``from_arcface_112``): see ``aligned_as``
+FROM = "from_"
 #: detection runs on a copy whose longer side is at most this (landmarks are mapped back)
 DETECT_MAX_SIDE = 1000
 #: images with a longer side above this (px) are first searched on the cheaper coarse copies below
@@ -600,11 +603,33 @@ class _Store:
         return np.memmap(view, np.uint8, "r", shape=(n, s, s, 3))
 
 
+def _checked_backend(template: str, backend: str, no_face: str, workers: int, aligned_as: str | None) -> str:
+    """:func:`align_images`' arguments checked (ValueError naming the bad one), and the backend that makes
+    ``template`` crops: ``backend`` itself, or for crops declared aligned to ``aligned_as`` "none" (the same
+    template) or ``from_<aligned_as>`` (re-framed; refused up front if impossible)."""
+    _check_template(template)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown alignment backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if no_face not in NO_FACE_POLICIES:
+        raise ValueError(f"unknown no_face policy {no_face!r}; use 'center' or 'skip'")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 or 1: in this process), got {workers}")
+    if aligned_as is None:
+        return backend
+    if backend != "none":
+        raise ValueError(f"aligned_as={aligned_as!r} declares aligned crops: use backend 'none', not {backend!r}")
+    if aligned_as == template:
+        return backend
+    reframe_matrix(aligned_as, template)  # refused before any file is read
+    return f"{FROM}{aligned_as}"
+
+
 # --------------------------------------------------------------------------- the entry point
 def align_images(root: str | Path, rel_paths: Sequence[str], *, template: str, backend: str,
                  cache_dir: str | Path, no_face: str = "center", progress: bool = True,
                  batch_size: int = 32, flush_every: int = 512, device: str = "cpu",
-                 landmarker: DlibLandmarker | MTCNNLandmarker | None = None, workers: int = 0) -> AlignedFaces:
+                 landmarker: DlibLandmarker | MTCNNLandmarker | YuNetLandmarker | None = None, workers: int = 0,
+                 aligned_as: str | None = None) -> AlignedFaces:
     """Align ``root/rel_path`` for every path, through the cache in ``cache_dir``.
 
     Only images not yet cached (or whose size/mtime changed) are decoded; an
@@ -617,19 +642,18 @@ def align_images(root: str | Path, rel_paths: Sequence[str], *, template: str, b
     the processes inherit it, nothing is reloaded). Crops and records are the same either way.
     Progress (rate, ETA) goes to stderr: live on a terminal, one line a minute in a log.
 
+    ``aligned_as`` (with ``backend="none"``): the images are crops already aligned to that template; they
+    are re-framed to ``template`` by :func:`~distill.data.templates.reframe_crop` (cached apart, recorded as
+    backend ``from_<template>``), or resized when it is ``template`` itself. Raises ``ReframeError`` (a
+    ``ValueError``) when no 5-point transform joins the two.
+
     Example::
 
         af = align_images(root, paths, template="arcface_112", backend="mtcnn", cache_dir=".cache/fd", workers=2)
         af.faces[0]          # (112, 112, 3) uint8
         af.record.skipped    # {'bad/file.jpg': 'truncated image (...)'}
     """
-    _check_template(template)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown alignment backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if no_face not in NO_FACE_POLICIES:
-        raise ValueError(f"unknown no_face policy {no_face!r}; use 'center' or 'skip'")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0 (0 or 1: in this process), got {workers}")
+    backend = _checked_backend(template, backend, no_face, workers, aligned_as)
     from distill.progress import progress_bar
 
     t0 = time.perf_counter()
@@ -652,7 +676,7 @@ def align_images(root: str | Path, rel_paths: Sequence[str], *, template: str, b
             if store.lookup(key, st) is None:
                 todo.append((path, key, st))
         rec.from_cache = len(rel_paths) - len(missing) - len(todo)
-        if todo and backend != "none" and landmarker is None:
+        if todo and backend != "none" and not backend.startswith(FROM) and landmarker is None:
             landmarker = make_landmarker(backend, device)
         batches = [todo[a:a + batch_size] for a in range(0, len(todo), batch_size)]
         work = _BatchAligner(template, backend, landmarker)
@@ -751,6 +775,9 @@ def _align_group(group: list[tuple[str, os.stat_result, str | None, np.ndarray]]
     size = TEMPLATE_SIZE[template]
     if backend == "none":
         return [(key, st, resize_crop(img, size), "aligned", None, {}, dg) for key, st, dg, img in group]
+    if backend.startswith(FROM):  # crops of another template, re-framed
+        return [(key, st, reframe_crop(img, backend[len(FROM):], template), "aligned", None, {}, dg)
+                for key, st, dg, img in group]
     out: list[_Outcome] = []
     for (key, st, dg, img), det in zip(group, detect_safely(landmarker, [g[3] for g in group])):
         info = {"faces": det.faces_found, "upsampled": det.upsampled}

@@ -59,11 +59,26 @@ class TrainData:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def align(cfg: Config, root: Path, images: ImageList | list[str], template: str, log: Log) -> AlignedFaces:
-    """Align ``images`` under ``root`` to ``template`` with the config's backend, no-face policy and cache."""
+def align(cfg: Config, root: Path, images: ImageList | list[str], template: str, log: Log, *,
+          aligned: str | None = None) -> AlignedFaces:
+    """Align ``images`` under ``root`` to ``template`` with the config's backend, no-face policy and cache;
+    ``aligned``: the images are crops of that template already (no detection; re-framed if it differs).
+
+    Raises:
+        ConfigError: ``aligned`` cannot be re-framed to ``template`` (names data.aligned / eval.pairs[].aligned).
+    """
+    from .templates import ReframeError
+
     rel = images.rel_paths if isinstance(images, ImageList) else list(images)
-    faces = align_images(root, rel, template=template, backend=cfg.data.align_backend,
-                         cache_dir=cfg.data.cache_dir / "aligned", no_face=cfg.data.no_face, workers=cfg.data.workers)
+    try:
+        faces = align_images(root, rel, template=template, backend="none" if aligned else cfg.data.align_backend,
+                             cache_dir=cfg.data.cache_dir / "aligned", no_face=cfg.data.no_face,
+                             workers=cfg.data.workers, aligned_as=aligned)
+    except ReframeError as e:
+        raise ConfigError(f"images under {root} are declared aligned to {aligned} (data.aligned or "
+                          f"eval.pairs[].aligned) but the teacher needs {template}: {e}. Give images the teacher's "
+                          f"template can be cut from (photos, with data.aligned unset), or a teacher whose "
+                          f"template is {aligned}") from None
     log(f"aligned {len(rel)} images from {root}: {faces.record.summary()}")
     return faces
 
@@ -133,7 +148,7 @@ def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None 
         f"({len(split.held_out)} identities held out for testing"
         + (f"; {len(skipped)} identity folders skipped, no usable image: {', '.join(skipped[:5])}"
            f"{', ...' if len(skipped) > 5 else ''}; see data_record.json" if skipped else "") + ")")
-    aligned = align(cfg, sources.root, train, template, log)
+    aligned = align(cfg, sources.root, train, template, log, aligned=cfg.data.aligned)
     record = {"split": split.record, "train_images": len(train), "train_identities": train.num_identities,
               "aligned_train_faces": len(aligned), "alignment": aligned.record.to_dict(),
               "skipped_identity_folders": skipped,

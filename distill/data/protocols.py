@@ -6,8 +6,13 @@ A protocol is one of:
   file (``only_people_in``) or widened to every pair of its people's images (``all_pairs``);
 * an identity-folder set (``eval.pairs[].folder``: ``folder/<person>/<image>``, any image format):
   every pair of its images, or a seeded sample of N genuine + N impostor pairs (``sample_pairs``);
+* an insightface ``.bin`` validation set (``eval.pairs[].bin``; :mod:`distill.data.bin_protocol`):
+  pre-aligned crops and their pairs, used without detection;
 * the held-out people of ``data.holdout_fraction`` (every pair of their images), added when the
   config names no protocol.
+
+Images an ``aligned`` key declares already aligned (``data.aligned`` for the training root,
+``eval.pairs[].aligned``) are used without detection, re-framed when the model's template differs.
 
 All faces are aligned once (through the cache); identity labels come from the scanned image lists
 and are carried through alignment (images skipped in alignment drop out with their pairs).
@@ -25,8 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distill.config import Config, PairsSpec
-from distill.evaluation.verify import PairIndex
+from distill.config import Config, ConfigError, PairsSpec
+from .pairindex import PairIndex
 
 from .folders import ImageList, scan_identity_folder
 from .pairs import PairsProtocol, all_pairs, detect_image_ext, read_pairs, sample_pairs
@@ -110,6 +115,8 @@ class _Scans:
 def _plan(sources: Sources, scan: _Scans, held_people: set[str]) -> list[_Planned]:
     planned = []
     for spec in sources.specs:
+        if spec.bin is not None:  # pre-aligned crops with their own pairs: see _add_bins
+            continue
         if spec.folder is not None:
             planned.append(_Planned(spec, scan(spec.folder)))
         else:
@@ -119,6 +126,25 @@ def _plan(sources: Sources, scan: _Scans, held_people: set[str]) -> list[_Planne
         planned.append(_Planned(PairsSpec(folder=sources.root, name=HELD_OUT), scan(sources.root).select_identities(
             held_people)))
     return planned
+
+
+def _declared_alignment(cfg: Config, sources: Sources, planned: list[_Planned]) -> dict[Path, str | None]:
+    """The template each image root's crops are declared aligned to (None: photos to detect faces in).
+
+    Raises:
+        ConfigError: two protocols over the same images declare different templates."""
+    out: dict[Path, str | None] = {sources.root: cfg.data.aligned}
+    for p in planned:
+        root = p.images.root
+        if p.spec.aligned is None or p.spec.name == HELD_OUT:
+            out.setdefault(root, None)
+            continue
+        if out.get(root) not in (None, p.spec.aligned):
+            raise ConfigError(f"eval.pairs {p.spec.label}: its images under {root} are declared aligned to "
+                              f"{p.spec.aligned}, but data.aligned or another protocol over them says {out[root]}; "
+                              "declare one template per image folder")
+        out[root] = p.spec.aligned
+    return out
 
 
 def _folder_pairs(images: ImageList, spec: PairsSpec, seed: int) -> tuple[np.ndarray, ...]:
@@ -155,18 +181,20 @@ def prepare_eval(cfg: Config, template: str, log: Log, *, sources: Sources | Non
         wanted.setdefault(p.images.root, set()).update(p.images.rel_paths)
     for root, people in held.items():
         wanted.setdefault(root, set()).update(scan(root).select_identities(people).rel_paths)
+    declared = _declared_alignment(cfg, sources, planned)
     multi = len(wanted) > 1  # several roots: names are prefixed with the root's folder name
     faces, rel_paths, person, pos, alignment = [], [], [], {}, {}
     for root, rels in wanted.items():
         images = scan(root)
         identity = {r: images.identities[lab] for r, lab in zip(images.rel_paths, images.labels)}
-        aligned = align(cfg, root, sorted(rels), template, log)
+        aligned = align(cfg, root, sorted(rels), template, log, aligned=declared.get(root))
         alignment[str(root)] = aligned.record.to_dict()
         for r in aligned.rel_paths:  # labels carried through alignment: the scan's identity of each kept face
             pos[(root, r)] = len(rel_paths)
             rel_paths.append(f"{root.name}/{r}" if multi else r)
             person.append((root, identity[r]))
         faces.append(aligned.faces)
+    bins = _add_bins(cfg, sources, template, log, faces, rel_paths, person)
     names = sorted(set(person), key=lambda rp: (str(rp[0]), rp[1]))
     index = {rp: i for i, rp in enumerate(names)}
     labels = np.array([index[rp] for rp in person], dtype=np.int64)
@@ -181,12 +209,35 @@ def prepare_eval(cfg: Config, template: str, log: Log, *, sources: Sources | Non
         log(f"protocol {p.spec.label}: {len(pairs)} pairs ({int(pairs.is_same.sum())} same)"
             + (f", every pair of {len(p.images)} images of {p.images.num_identities} people" if every else "")
             + (", teacher only" if p.spec.teacher_only else ""))
+    out += [EvalProtocol(spec.label, pairs, spec.teacher_only) for spec, pairs in bins]
+    order = {spec.label: k for k, spec in enumerate(sources.specs)}
+    out.sort(key=lambda p: order.get(p.name, len(order)))  # the config's order; held-out people last
     all_faces = faces[0] if len(faces) == 1 else np.concatenate([np.asarray(f) for f in faces])
     record = {"eval_images": len(rel_paths), "held_out_identities": sum(len(v) for v in held.values()),
-              "alignment": alignment[str(next(iter(wanted)))] if not multi else alignment,
+              "alignment": (alignment[str(next(iter(wanted)))] if len(wanted) == 1 else alignment),
               "protocols": {p.name: p.size for p in out}}
     identities = [f"{root.name}/{n}" if multi else n for root, n in names]
     return EvalData(all_faces, rel_paths, labels, identities, held_mask, out, record)
+
+
+def _add_bins(cfg: Config, sources: Sources, template: str, log: Log, faces: list[np.ndarray],
+              rel_paths: list[str], person: list[tuple[Path, str]]) -> list[tuple[PairsSpec, PairIndex]]:
+    """Append every ``.bin`` protocol's faces (pre-aligned crops: no detection) to ``faces``, ``rel_paths``
+    and ``person``; return each spec with its pairs as indices into the combined faces."""
+    from .bin_protocol import bin_faces
+
+    out = []
+    for spec in sources.specs:
+        if spec.bin is None:
+            continue
+        bf = bin_faces(spec, template, cfg.data.cache_dir, log)
+        offset = len(rel_paths)
+        rel_paths += [f"{spec.bin.name}/{k}" for k in range(len(bf.faces))]
+        person += [(spec.bin, name) for name in bf.names]
+        faces.append(bf.faces)
+        p = bf.pairs
+        out.append((spec, PairIndex(p.idx_a + offset, p.idx_b + offset, p.is_same, p.fold)))
+    return out
 
 
 def _index(p: _Planned, pos: dict[tuple[Path, str], int], seed: int) -> tuple[PairIndex, int]:

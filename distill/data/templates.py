@@ -254,6 +254,51 @@ def crop_face(img: np.ndarray, face: Face, template: str) -> np.ndarray:
     return warp(img, template_matrix(face, template), size)
 
 
+#: where the five MTCNN-order landmarks sit in a crop of each 5-point template: the templates a crop can be
+#: re-framed between by one similarity transform (facenet_160 is framed by a detection box, not by points)
+TEMPLATE_POINTS: dict[str, np.ndarray] = {"arcface_112": ARCFACE_112, "dlib_150": MTCNN_IN_DLIB150}
+
+
+class ReframeError(ValueError):
+    """A crop aligned to one template cannot be turned into another (the message names both and why)."""
+
+
+def reframe_matrix(src: str, dst: str) -> np.ndarray:
+    """The ``2 x 3`` affine from a ``src``-template crop to a ``dst``-template crop: the similarity transform
+    taking ``src``'s landmark positions onto ``dst``'s (:data:`TEMPLATE_POINTS`; the dlib_150 positions are
+    the LFW means measured for the MTCNN -> dlib_150 conversion, so the result is the chip that conversion
+    gives, not dlib's own chip). Where ``dst`` frames more of the head than ``src`` holds, the border is black.
+
+    Raises:
+        ReframeError: either template is framed otherwise (``facenet_160``)."""
+    missing = [t for t in (src, dst) if t not in TEMPLATE_POINTS]
+    if missing:
+        raise ReframeError(f"crops aligned to {src} cannot be re-framed for {dst}: {missing[0]} is framed by a "
+                           f"detection box, not by 5 landmarks, so no transform of the crop gives it; "
+                           f"re-framing works between {' and '.join(TEMPLATE_POINTS)}")
+    return similarity_transform(TEMPLATE_POINTS[src], TEMPLATE_POINTS[dst])
+
+
+def reframe_crop(crop: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """A uint8 ``(H, W, 3)`` crop aligned to template ``src`` (any size: scaled to the template's first)
+    -> the ``(S, S, 3)`` crop of template ``dst``: resized when ``src == dst``, else warped by
+    :func:`reframe_matrix`.
+
+    Raises:
+        ReframeError: no 5-point transform joins the two templates."""
+    size = TEMPLATE_SIZE[dst]
+    if src == dst:
+        if crop.shape[0] == size and crop.shape[1] == size:
+            return np.ascontiguousarray(crop)
+        interp = cv2.INTER_AREA if max(crop.shape[:2]) > size else cv2.INTER_LINEAR
+        return cv2.resize(crop, (size, size), interpolation=interp)
+    m = reframe_matrix(src, dst)
+    s = TEMPLATE_SIZE[src]
+    if crop.shape[0] != s or crop.shape[1] != s:  # fold the crop's own scale into the transform
+        m = compose(m, np.array([[s / crop.shape[1], 0, 0], [0, s / crop.shape[0], 0]], np.float64))
+    return warp(crop, m, size)
+
+
 def center_face(shape: tuple[int, ...]) -> Face:
     """The no-face fallback: LFW's mean face placed in the image's centred square."""
     h, w = shape[:2]

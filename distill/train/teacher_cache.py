@@ -4,7 +4,8 @@ Layout of ``cache_dir/<key>/``::
 
     manifest.json        the key fields (teacher fingerprint, augmentation recipe, seed, data fingerprint,
                          K, N, D) -- a stale cache is one whose manifest differs
-    embeddings.f32       float32 (N, K, D), row n = view position n of the FaceViews
+    embeddings.f32       float32 (N, K, D), row n = view position n of the FaceViews (embeddings.f16:
+                         float16, ``dtype="float16"``: half the disk and page cache; read back as float32)
     index.npy            face index of each row (FaceViews.indices)
     chunks/<c>.done      chunk c (positions c*chunk .. ) written and flushed (atomic marker files)
     complete.json        written last: sha256 of embeddings.f32; without it the cache is incomplete
@@ -39,6 +40,10 @@ from distill.io import atomic_write, atomic_write_bytes, atomic_write_json
 from . import ddp
 
 FORMAT_VERSION = 1
+#: stored dtypes: name -> (file suffix, numpy dtype). float16 keeps 11 significant bits: a target's cosine
+#: to its float32 value is 1 - O(1e-7), and values beyond 65504 are refused (CacheError), never stored as inf
+CACHE_DTYPES: dict[str, tuple[str, Any]] = {"float32": ("f32", np.float32), "float16": ("f16", np.float16)}
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class CacheError(RuntimeError):
@@ -63,12 +68,23 @@ def data_fingerprint(views: FaceViews) -> str:
     return array_digest(views.faces, np.asarray(views.indices, dtype=np.int64))
 
 
-def cache_key(teacher_fingerprint: str, views: FaceViews, num_views: int, data_fp: str | None = None) -> dict:
-    """The fields that decide whether a cache on disk can be used: teacher, augmentation, seed, data, K, N."""
+def cache_key(teacher_fingerprint: str, views: FaceViews, num_views: int, data_fp: str | None = None,
+              dtype: str = "float32") -> dict:
+    """The fields that decide whether a cache on disk can be used: teacher, augmentation, seed, data, K, N
+    and, when not float32, the stored dtype (float32 keys are those of caches written before the choice)."""
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache dtype {dtype!r}: use one of {', '.join(CACHE_DTYPES)}")
     augment = recipe_fingerprint(views.augment) + ("" if views.mix is None else f"+{views.mix.fingerprint()}")
-    return {"format": FORMAT_VERSION, "teacher": teacher_fingerprint, "augment": augment,
-            "seed": int(views.seed), "clean_view0": bool(views.clean_view0),
-            "data": data_fp or data_fingerprint(views), "num_views": int(num_views), "n": len(views)}
+    key = {"format": FORMAT_VERSION, "teacher": teacher_fingerprint, "augment": augment,
+           "seed": int(views.seed), "clean_view0": bool(views.clean_view0),
+           "data": data_fp or data_fingerprint(views), "num_views": int(num_views), "n": len(views)}
+    return key if dtype == "float32" else {**key, "dtype": dtype}
+
+
+def _stored(key: dict) -> tuple[str, Any]:
+    """``(data file name, numpy dtype)`` of the cache ``key`` describes."""
+    suffix, dtype = CACHE_DTYPES[key.get("dtype", "float32")]
+    return f"embeddings.{suffix}", dtype
 
 
 def _key_dir(cache_dir: Path, key: dict) -> Path:
@@ -115,7 +131,7 @@ class TeacherCache:
             raise KeyError(f"view id outside 0..{self.num_views - 1} for cache {self.path}")
         if not idx.size:
             return torch.empty(0, self.dim)
-        return torch.from_numpy(np.ascontiguousarray(self.embeddings[rows, views]))
+        return torch.from_numpy(np.ascontiguousarray(self.embeddings[rows, views], dtype=np.float32))
 
     def targets(self, faces: torch.Tensor, indices: torch.Tensor, view_ids: torch.Tensor) -> torch.Tensor:
         """The trainer's teacher-source interface (faces unused: the work was done at build time)."""
@@ -128,7 +144,8 @@ class TeacherCache:
 
 def open_cache(path: Path, key: dict) -> TeacherCache:
     """Open and verify a complete cache directory, or raise :class:`CacheError` saying what is wrong."""
-    manifest_path, data_path, done_path = path / "manifest.json", path / "embeddings.f32", path / "complete.json"
+    name, dtype = _stored(key)
+    manifest_path, data_path, done_path = path / "manifest.json", path / name, path / "complete.json"
     if not manifest_path.exists():
         raise CacheError(f"{manifest_path} is missing")
     manifest = json.loads(manifest_path.read_text())
@@ -139,14 +156,14 @@ def open_cache(path: Path, key: dict) -> TeacherCache:
     if not done_path.exists():
         raise CacheError(f"{path} is incomplete: no complete.json marker")
     n, k, d = manifest["shape"]
-    expected = n * k * d * 4
+    expected = n * k * d * np.dtype(dtype).itemsize
     if not data_path.exists() or data_path.stat().st_size != expected:
         size = data_path.stat().st_size if data_path.exists() else 0
         raise CacheError(f"{data_path} has {size} bytes, expected {expected} (truncated?)")
     complete = json.loads(done_path.read_text())
     if complete.get("sha256") != file_sha256(data_path):
         raise CacheError(f"{data_path} does not match the checksum in {done_path} (corrupt)")
-    emb = np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, k, d))
+    emb = np.memmap(data_path, dtype=dtype, mode="r", shape=(n, k, d))
     bad = ~np.isfinite(emb).all(axis=2)
     if bad.any():
         raise CacheError(f"{data_path}: {int(bad.sum())} non-finite rows")
@@ -176,23 +193,24 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
     """
     dist = ddp.current()
     n, k, d = shape
-    data_path, chunk_dir = path / "embeddings.f32", path / "chunks"
+    name, dtype = _stored(key)
+    data_path, chunk_dir, size = path / name, path / "chunks", n * k * d * np.dtype(dtype).itemsize
     if dist.is_main:
         manifest_path = path / "manifest.json"
         fresh = not manifest_path.exists() or json.loads(manifest_path.read_text()).get("key") != key
-        if (fresh or not data_path.exists() or data_path.stat().st_size != n * k * d * 4) and path.exists():
+        if (fresh or not data_path.exists() or data_path.stat().st_size != size) and path.exists():
             shutil.rmtree(path)
         if not path.exists():
             path.mkdir(parents=True)
             chunk_dir.mkdir()
             with open(data_path, "wb") as f:
                 try:  # reserve the space now: a full disk is an error here, not a SIGBUS in a memmap write later
-                    if n * k * d:
-                        os.posix_fallocate(f.fileno(), 0, n * k * d * 4)
+                    if size:
+                        os.posix_fallocate(f.fileno(), 0, size)
                 except OSError as e:
                     f.close()
                     shutil.rmtree(path, ignore_errors=True)
-                    raise CacheError(f"cannot reserve {n * k * d * 4 / 1e6:.1f} MB for the teacher cache {data_path} "
+                    raise CacheError(f"cannot reserve {size / 1e6:.1f} MB for the teacher cache {data_path} "
                                      f"({e.strerror}); free disk space or point data.cache_dir at a larger disk"
                                      ) from None
             atomic_write_json(manifest_path, {"key": key, "shape": [n, k, d], "chunk": chunk})
@@ -203,14 +221,14 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
     mine = [c for c in range(num_chunks) if c % dist.world_size == dist.rank]
     done = [c for c in mine if (chunk_dir / f"{c}.done").exists()]
     if done:  # a resumed build re-checks what earlier runs marked done
-        emb = np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, k, d))
+        emb = np.memmap(data_path, dtype=dtype, mode="r", shape=(n, k, d))
         for c in done:
             if not np.isfinite(emb[c * chunk:(c + 1) * chunk]).all():
                 (chunk_dir / f"{c}.done").unlink()
         del emb
     todo = [c for c in mine if not (chunk_dir / f"{c}.done").exists()]
     if todo:
-        emb = np.memmap(data_path, dtype=np.float32, mode="r+", shape=(n, k, d))
+        emb = np.memmap(data_path, dtype=dtype, mode="r+", shape=(n, k, d))
         bar = progress_bar(total=len(mine) * k, initial=(len(mine) - len(todo)) * k, desc=desc, unit="batch",
                    disable=not dist.is_main)
         blocks = [(c, np.arange(c * chunk, min(n, (c + 1) * chunk)), v) for c in todo for v in range(k)]
@@ -222,6 +240,9 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
             if not np.isfinite(out).all():
                 raise CacheError(f"teacher produced non-finite embeddings for positions {pos[0]}..{pos[-1]}, "
                                  f"view {v}; check the teacher weights and inputs")
+            if dtype == np.float16 and np.abs(out).max(initial=0) > FLOAT16_MAX:
+                raise CacheError(f"teacher embeddings reach {np.abs(out).max():.4g}, beyond float16's {FLOAT16_MAX:g}: "
+                                 "set train.cache_dtype: float32")
             emb[pos, v] = out
             bar.update(1)
             if v == k - 1:  # the chunk's last view: it is complete
@@ -270,14 +291,14 @@ class _Blocks(torch.utils.data.Dataset):
 
 def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_dir: str | Path,
                         batch_size: int = 64, *, data_fp: str | None = None, workers: int = 0,
-                        log: Callable[[str], None] = print) -> TeacherCache:
+                        log: Callable[[str], None] = print, dtype: str = "float32") -> TeacherCache:
     """Embed views ``0..num_views-1`` of every face in ``views`` with ``teacher`` once; reuse when valid.
 
     Args:
         teacher: anything with ``.embed(uint8 NHWC) -> (B, D)``, ``.fingerprint()`` and ``.embedding_dim``.
         views: the FaceViews the student will train on (same augmentation, seed and faces).
         The teacher runs in its own precision (``teacher.precision``, part of its fingerprint); the
-        embeddings are stored as float32.
+        embeddings are stored as ``dtype`` (float32, or float16: half the size, read back as float32).
         data_fp: a known fingerprint of the aligned faces (skips hashing them).
         workers: DataLoader processes that augment the next blocks while the teacher embeds this one.
 
@@ -285,7 +306,7 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
 
         cache = build_teacher_cache(teacher, views, 4, cfg.data.cache_dir / "teacher")
     """
-    key = cache_key(teacher.fingerprint(), views, num_views, data_fp)
+    key = cache_key(teacher.fingerprint(), views, num_views, data_fp, dtype)
     path = _key_dir(Path(cache_dir), key)
     cache = _open_or_reset(path, key, log)
     if cache is not None:
@@ -307,7 +328,7 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
 
 def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, dim: int, views: FaceViews,
                        cache_dir: str | Path, batch_size: int = 1024, *, data_fp: str | None = None,
-                       log: Callable[[str], None] = print) -> TeacherCache:
+                       log: Callable[[str], None] = print, dtype: str = "float32") -> TeacherCache:
     """K=1 cache from precomputed embeddings: ``lookup(face_indices) -> (B, D)`` fills view 0.
 
     A precomputed teacher embedded the *un-augmented* faces, so ``views`` must have
@@ -320,7 +341,7 @@ def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, di
     """
     if views.augment is not None and not views.clean_view0:
         raise ValueError("precomputed embeddings are of clean faces: build FaceViews(..., clean_view0=True)")
-    key = cache_key(fingerprint, views, 1, data_fp)
+    key = cache_key(fingerprint, views, 1, data_fp, dtype)
     path = _key_dir(Path(cache_dir), key)
     cache = _open_or_reset(path, key, log)
     if cache is not None:
