@@ -71,9 +71,13 @@ class AugmentSettings(Section):
 
 class DataSettings(Section):
     """``data``: where training faces come from, how they are split, aligned and cached."""
-    source: Literal["synthetic", "folder"] = Field("synthetic", description=(
-        "'synthetic': generate identities offline (the embedded default); 'folder': an identity-folder tree"))
-    root: Optional[Path] = Field(None, description="identity-folder root (root/<identity>/<image>) when source=folder")
+    source: Literal["synthetic", "folder", "recordio"] = Field("synthetic", description=(
+        "'synthetic': generate identities offline (the embedded default); 'folder': an identity-folder tree; "
+        "'recordio': an insightface/MXNet RecordIO set (train.rec + train.idx + property: MS1MV2, Glint360K), "
+        "read in place, its crops arcface_112 unless data.aligned says otherwise"))
+    root: Optional[Path] = Field(None, description=(
+        "identity-folder root (root/<identity>/<image>) when source=folder; the folder of train.rec (or the .rec "
+        "file) when source=recordio"))
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
     exclude_identities_in: list[Path] = Field(default_factory=list, description=(
         "pairs files whose people are excluded from training (identity-disjoint protocol)"))

@@ -103,6 +103,18 @@ def _split_sizes(cfg: Config) -> dict[str, int]:
             "held_out_identities": len(split.held_out)}
 
 
+def _recordio_sizes(cfg: Config) -> dict[str, int]:
+    """Records and training images of a RecordIO source (its index read; no image decoded)."""
+    from distill.data.recordio import RecordIOError, RecordIOFaces
+
+    try:
+        data = RecordIOFaces(cfg.data.root)  # type: ignore[arg-type]
+    except (RecordIOError, OSError):  # the run itself reports these, with their remedy
+        return {}
+    n = len(data)
+    return {"records": n, "train_images": min(n, cfg.data.max_train_images or n)}
+
+
 def plan(cfg: Config) -> RunPlan:
     """The :class:`RunPlan` of ``cfg`` (the teacher is built without weights: architecture and cost only)."""
     teacher = teacher_architecture(cfg)
@@ -116,6 +128,8 @@ def plan(cfg: Config) -> RunPlan:
         data = {"source": "synthetic", "identities": sy.identities,
                 "images": sy.identities * sy.images_per_identity,
                 "test_identities": max(2, round(sy.identities * sy.test_fraction))}
+    elif cfg.data.source == "recordio":
+        data = {"source": "recordio", "root": str(cfg.data.root), **({} if missing else _recordio_sizes(cfg))}
     else:
         root = cfg.data.root
         n_ids = sum(1 for p in root.iterdir() if p.is_dir()) if root and root.is_dir() else None

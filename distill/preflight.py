@@ -46,6 +46,10 @@ def find_problems(cfg: Config) -> list[str]:
         for p in cfg.data.exclude_identities_in:
             if not p.is_file() and not cfg.eval.download_lfw:
                 problems.append(f"data.exclude_identities_in: {p} does not exist")
+    if cfg.data.source == "recordio" and (cfg.data.root is None or not (
+            cfg.data.root.is_file() or (cfg.data.root / "train.rec").is_file())):
+        problems.append(f"training faces: data.root {cfg.data.root} is not a RecordIO set (a folder holding train.rec "
+                        "and train.idx, as insightface's faces_emore/, or the .rec file itself)")
     missing: dict[str, str] = {}  # path -> the first key that names it
     for i, spec in enumerate(cfg.eval.pairs):
         if spec.folder is not None:

@@ -70,6 +70,7 @@ def test_bin_protocol_scores_what_the_pairs_file_scores(lfw_subset: dict):
     np.testing.assert_allclose(binp["fold_thresholds"], file["fold_thresholds"], atol=1e-6)
     assert binp["auc"] == pytest.approx(file["auc"], abs=1e-9) and binp["eer"] == pytest.approx(file["eer"], abs=1e-9)
     assert "not checked against the training set" in err + out
+    assert "eval.flip_tta: false" in (d / "run" / "report.md").read_text()
 
 
 def test_bin_crops_are_reframed_or_refused_by_template(lfw_subset: dict, tmp_path: Path):

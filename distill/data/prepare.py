@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -50,11 +50,12 @@ class Sources:
 
 @dataclass
 class TrainData:
-    """Aligned training faces: ``faces`` uint8 ``(N, S, S, 3)``, their paths and labels, and the record."""
+    """Aligned training faces: ``faces`` uint8 ``(N, S, S, 3)`` (a memmap, or a lazy array for a RecordIO set),
+    their paths (names) and labels, and the record; ``images`` is the scanned list (None for RecordIO)."""
 
-    images: ImageList
-    faces: np.ndarray
-    rel_paths: list[str]
+    images: ImageList | None
+    faces: Any
+    rel_paths: Sequence[str]
     labels: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
 
@@ -97,6 +98,9 @@ def resolve_sources(cfg: Config, log: Log) -> Sources:
         specs = list(cfg.eval.pairs) or [PairsSpec(file=synth.test_pairs_path, name="synthetic-test")]
         return Sources(synth.root, synth.root, specs, [synth.test_pairs_path, *cfg.data.exclude_identities_in],
                        synth)
+    if cfg.data.source == "recordio":  # images read in place; nothing to exclude by name (recordio_source)
+        assert cfg.data.root is not None
+        return Sources(cfg.data.root, Path(cfg.eval.images_root or cfg.data.root), list(cfg.eval.pairs), [])
     if cfg.eval.download_lfw and cfg.eval.pairs:
         from .download import ensure_lfw
 
@@ -130,7 +134,12 @@ def identity_split(cfg: Config, sources: Sources, images: ImageList) -> Split:
 
 def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None = None,
                   sources: Sources | None = None) -> TrainData:
-    """Scan, split (identity-disjoint), cap and align the training images; write the split into ``run_dir``."""
+    """Scan, split (identity-disjoint), cap and align the training images; write the split into ``run_dir``.
+    A RecordIO source is read in place instead (:func:`~distill.data.recordio_source.prepare_recordio`)."""
+    if cfg.data.source == "recordio":
+        from .recordio_source import prepare_recordio
+
+        return TrainData(None, *prepare_recordio(cfg, template, log))
     sources = sources or resolve_sources(cfg, log)
     for i, spec in enumerate(sources.specs):
         if spec.folder is not None and spec.folder.resolve() == sources.root.resolve() and not spec.teacher_only:

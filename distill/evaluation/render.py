@@ -302,10 +302,18 @@ def md_table(t: dict) -> str:
 
 
 # --------------------------------------------------------------------------- pages
+def embedding_line(doc: Report) -> str:
+    """How the evaluated embeddings were made: one sentence naming ``eval.flip_tta``."""
+    if (doc.config.get("eval") or {}).get("flip_tta"):
+        return ("Embeddings with flip TTA (eval.flip_tta: true): each face and its mirror embedded, summed and "
+                "L2-normalised (raw embeddings: averaged), as insightface's verification.py reports.")
+    return "Embeddings of each face alone (eval.flip_tta: false; published .bin tables often use flip TTA)."
+
+
 def render_markdown(doc: Report) -> str:
     """``report.md``: trade-off, every protocol, cost, fidelity, learning curve, identification."""
     tabs = report_tables(doc)
-    out = [f"# Report: {doc.run or 'run'}", "", f"Created {doc.created_at}.", ""]
+    out = [f"# Report: {doc.run or 'run'}", "", f"Created {doc.created_at}. {embedding_line(doc)}", ""]
     if tabs["tradeoff"]["rows"]:
         out += ["## Accuracy versus cost (student / teacher)", "", md_table(tabs["tradeoff"]), ""]
     for proto, t in tabs["protocols"].items():
@@ -380,7 +388,8 @@ def render_html(doc: Report) -> str:
         sections.append({"title": f"Verification: {proto}",
                          "note": f"{p0.n_pairs} pairs ({p0.n_genuine} genuine, {p0.n_impostor} impostor), "
                                  f"{p0.n_folds}-fold accuracy with the threshold chosen on the other folds. "
-                                 "n/a: too few impostor pairs to resolve that FAR (hover for details).",
+                                 "n/a: too few impostor pairs to resolve that FAR (hover for details). "
+                                 + embedding_line(doc),
                          "tables": [t],
                          "figures": [{"png": roc_figure(models, proto),
                                       "caption": "ROC on a log-FAR axis (teachers solid, students dashed)"},

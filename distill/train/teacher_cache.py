@@ -64,7 +64,13 @@ def recipe_fingerprint(augment: Any) -> str:
 
 
 def data_fingerprint(views: FaceViews) -> str:
-    """Digest of the aligned faces (all bytes; ~1 s per GB) and the selected indices."""
+    """Digest of the aligned faces (all bytes; ~1 s per GB, or the faces' own ``fingerprint()`` when they
+    are read lazily, as a RecordIO set is) and the selected indices."""
+    own = getattr(views.faces, "fingerprint", None)
+    if callable(own):
+        h = hashlib.sha256(f"{own()}".encode())
+        h.update(np.ascontiguousarray(np.asarray(views.indices, dtype=np.int64)).tobytes())
+        return h.hexdigest()[:20]
     return array_digest(views.faces, np.asarray(views.indices, dtype=np.int64))
 
 
