@@ -212,6 +212,10 @@ class TrainSettings(Section):
     cache_dtype: Literal["float32", "float16"] = Field("float32", description=(
         "how cached teacher embeddings are stored: float16 halves the disk and memory (N x K x D x 2 bytes; "
         "for MS1MV2-size sets) at a target cosine of 1 - 1e-7 to float32 (RESULTS.md); read back as float32"))
+    cache_shards: Literal["shared", "per_rank"] = Field("shared", description=(
+        "under torchrun: 'shared' = one cache file the ranks fill together and each reads whole; 'per_rank' = "
+        "each rank builds, checks, resumes and reads only its 1/world of the faces (its own folder), and draws "
+        "its batches from that shard (the global batch is then not the single-process one)"))
     epochs: int = Field(10, ge=1, description="passes over the training images")
     max_minutes: Optional[float] = Field(None, gt=0, description=(
         "stop (and checkpoint) after this wall time; the cosine decay is fitted to it and re-fitted as the "

@@ -89,7 +89,7 @@ def _teacher_source(teacher: Any, views: FaceViews, train: TrainData, cfg: Confi
     if cfg.train.teacher_mode == "cached":
         return build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
                                    batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log,
-                                   dtype=cfg.train.cache_dtype)
+                                   dtype=cfg.train.cache_dtype, per_rank=cfg.train.cache_shards == "per_rank")
     return OnlineTeacher(teacher)
 
 
@@ -241,7 +241,7 @@ def cache_teacher(cfg: Config, log: Log = print) -> Any:
     views = _views(train.faces, cfg)
     cache = build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
                                 batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log,
-                                dtype=cfg.train.cache_dtype)
+                                dtype=cfg.train.cache_dtype, per_rank=cfg.train.cache_shards == "per_rank")
     log(f"teacher cache ready: {len(views)} images x {cfg.train.cache_views} views x {teacher.embedding_dim}-D")
     return cache
 

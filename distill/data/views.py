@@ -116,6 +116,12 @@ class FaceViews(Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.view(index, view_id))), index, int(view_id)
 
 
+def shard_positions(length: int, rank: int, world: int) -> np.ndarray:
+    """Rank ``rank``'s positions of a data set sharded over ``world`` processes: ``rank, rank + world, ...``,
+    cut to ``length // world`` so that every rank holds as many (int64 array)."""
+    return np.arange(rank, length, world, dtype=np.int64)[:length // world]
+
+
 class EpochViewSampler(Sampler):
     """Yields ``(position, view_id)`` keys for one epoch: a seeded shuffle of positions.
 
@@ -130,6 +136,10 @@ class EpochViewSampler(Sampler):
     position of the epoch order starting at ``r`` (equal-sized, disjoint), so the
     ranks' ``k``-th batches together are exactly the single-process ``k``-th global batch.
 
+    ``local=True`` (a teacher cache sharded per rank): rank ``r`` draws only from its own shard,
+    :func:`shard_positions` (positions ``r, r + W, ...``), shuffled per epoch and rank: it reads only the
+    targets its process stored; the global batch is then not the single-process one.
+
     ``set_start(n)`` skips this rank's first ``n`` keys of the epoch (mid-epoch resume).
 
     Example::
@@ -140,11 +150,11 @@ class EpochViewSampler(Sampler):
     """
 
     def __init__(self, length: int, *, seed: int = 0, num_views: int | None = None, shuffle: bool = True,
-                 rank: int = 0, num_replicas: int = 1, drop_last: bool = True) -> None:
+                 rank: int = 0, num_replicas: int = 1, drop_last: bool = True, local: bool = False) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.length, self.seed, self.num_views, self.shuffle = length, seed, num_views, shuffle
-        self.rank, self.num_replicas, self.drop_last = rank, num_replicas, drop_last
+        self.rank, self.num_replicas, self.drop_last, self.local = rank, num_replicas, drop_last, local
         self.epoch = 0
         self.start = 0
 
@@ -158,7 +168,11 @@ class EpochViewSampler(Sampler):
         self.start = int(start)
 
     def positions(self) -> np.ndarray:
-        """This rank's positions of the epoch: a seeded shuffle, sharded over ranks."""
+        """This rank's positions of the epoch: a seeded shuffle, sharded over ranks (or of its own shard)."""
+        if self.local:
+            own = shard_positions(self.length, self.rank, self.num_replicas)
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+            return rng.permutation(own) if self.shuffle else own
         order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
         per_rank = len(order) // self.num_replicas

@@ -115,7 +115,8 @@ class Run:
         self.optimizer = build_optimizer(self.model.parameters(), settings)
         self.scheduler = build_scheduler(self.optimizer, settings, self.state.total_steps)
         self.sampler = EpochViewSampler(len(views), seed=seed, num_views=getattr(self.source, "num_views", None),
-                                        rank=self.env.rank, num_replicas=self.env.world_size)
+                                        rank=self.env.rank, num_replicas=self.env.world_size,
+                                        local=bool(getattr(self.source, "per_rank", False)))
         self.loader = DataLoader(views, batch_size=self.local_bs, sampler=self.sampler, drop_last=True,
                                  num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=self.device.type == "cuda")

@@ -12,7 +12,11 @@ Layout of ``cache_dir/<key>/``::
 
 Opening verifies the manifest, the file size, the ``complete`` marker, the checksum
 and that no row is NaN/inf; anything wrong is reported and rebuilt, never used.
-Building is resumable (done chunks are kept) and, under DDP, sharded over ranks.
+Building is resumable (done chunks are kept) and, under DDP, sharded over ranks: by default the ranks
+fill one shared file chunk by chunk and each reads all of it; ``per_rank=True`` gives each rank its own
+cache directory holding only its shard of the faces (:func:`~distill.data.views.shard_positions`:
+``1/world`` of the rows), with its own manifest, checksum, resume and rebuild, and the trainer then draws
+each rank's batches from its own shard (``EpochViewSampler(local=True)``).
 
 Example::
 
@@ -21,6 +25,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,7 +38,7 @@ import numpy as np
 import torch
 from distill.progress import progress_bar
 
-from distill.data.views import FaceViews
+from distill.data.views import FaceViews, shard_positions
 from distill.fingerprint import array_digest, file_sha256
 from distill.io import atomic_write, atomic_write_bytes, atomic_write_json
 
@@ -109,6 +114,7 @@ class TeacherCache:
     key: dict
     embeddings: np.ndarray  # (N, K, D) read-only memmap
     face_index: np.ndarray  # (N,) face index of each row
+    positions: np.ndarray | None = None  # per-rank shard: the view positions of its rows (None: every position)
 
     def __post_init__(self) -> None:
         self._row = np.full(int(self.face_index.max()) + 1 if len(self.face_index) else 0, -1, dtype=np.int64)
@@ -143,9 +149,19 @@ class TeacherCache:
         """The trainer's teacher-source interface (faces unused: the work was done at build time)."""
         return self.get(indices, view_ids)
 
+    @property
+    def per_rank(self) -> bool:
+        """True for a rank's own shard (the trainer then samples only its positions)."""
+        return self.positions is not None
+
     def matches(self, views: FaceViews) -> bool:
-        """Whether the cache was built on exactly these views (same length and face indices)."""
-        return len(views) == len(self.face_index) and np.array_equal(np.asarray(views.indices), self.face_index)
+        """Whether the cache was built on exactly these views (same length and face indices; a shard: its
+        positions' face indices)."""
+        indices = np.asarray(views.indices)
+        if self.positions is not None:
+            return bool(len(self.positions) == len(self.face_index) and self.positions.max(initial=-1) < len(indices)
+                        and np.array_equal(indices[self.positions], self.face_index))
+        return len(views) == len(self.face_index) and np.array_equal(indices, self.face_index)
 
 
 def open_cache(path: Path, key: dict) -> TeacherCache:
@@ -191,13 +207,15 @@ def _index_matches(path: Path, face_index: np.ndarray) -> bool:
 
 def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.ndarray,
           compute: Callable[[np.ndarray, int, Any], np.ndarray], chunk: int, desc: str,
-          prepare: Callable[[list[tuple[np.ndarray, int]]], Iterable[Any]] | None = None) -> TeacherCache:
-    """Create/resume the cache at ``path``; ``compute(positions, view_id, payload) -> (len, D)`` fills one block.
+          prepare: Callable[[list[tuple[np.ndarray, int]]], Iterable[Any]] | None = None,
+          local: bool = False) -> TeacherCache:
+    """Create/resume the cache at ``path``; ``compute(rows, view_id, payload) -> (len, D)`` fills one block.
 
-    ``prepare(blocks)``, given every ``(positions, view_id)`` still to fill in order, yields one payload per
+    ``prepare(blocks)``, given every ``(rows, view_id)`` still to fill in order, yields one payload per
     block (e.g. the augmented faces, made ahead by DataLoader workers); without it payloads are None.
+    ``local``: this process alone owns the cache (a per-rank shard): no chunk sharing, no barriers.
     """
-    dist = ddp.current()
+    dist, sync = (ddp.DistEnv(), _no_barrier) if local else (ddp.current(), ddp.barrier)
     n, k, d = shape
     name, dtype = _stored(key)
     data_path, chunk_dir, size = path / name, path / "chunks", n * k * d * np.dtype(dtype).itemsize
@@ -222,7 +240,7 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
             atomic_write_json(manifest_path, {"key": key, "shape": [n, k, d], "chunk": chunk})
         if not _index_matches(path / "index.npy", face_index):  # new, or damaged since
             atomic_write(path / "index.npy", lambda f: np.save(f, face_index, allow_pickle=False))
-    ddp.barrier()
+    sync()
     num_chunks = (n + chunk - 1) // chunk
     mine = [c for c in range(num_chunks) if c % dist.world_size == dist.rank]
     done = [c for c in mine if (chunk_dir / f"{c}.done").exists()]
@@ -256,28 +274,33 @@ def _fill(path: Path, key: dict, shape: tuple[int, int, int], face_index: np.nda
                 atomic_write_bytes(chunk_dir / f"{c}.done", b"")
         bar.close()
         del emb
-    ddp.barrier()
+    sync()
     if dist.is_main:
         missing = [c for c in range(num_chunks) if not (chunk_dir / f"{c}.done").exists()]
         if missing:
             raise CacheError(f"{path}: chunks {missing[:5]} were not written")
         atomic_write_json(path / "complete.json", {"sha256": file_sha256(data_path)})
-    ddp.barrier()
+    sync()
     return open_cache(path, key)
 
 
-def _open_or_reset(path: Path, key: dict, log: Callable[[str], None]) -> TeacherCache | None:
+def _no_barrier() -> None:
+    """A per-rank shard's stand-in for :func:`ddp.barrier`: nobody else writes it."""
+
+
+def _open_or_reset(path: Path, key: dict, log: Callable[[str], None], local: bool = False) -> TeacherCache | None:
     if not (path / "complete.json").exists():
         return None  # absent or being (re)built: resume
     try:
         return open_cache(path, key)
     except CacheError as e:
         log(f"teacher cache unusable, rebuilding: {e}")
-        if ddp.current().is_main:
+        if local or ddp.current().is_main:
             (path / "complete.json").unlink(missing_ok=True)
             shutil.rmtree(path / "chunks", ignore_errors=True)
             (path / "chunks").mkdir(exist_ok=True)
-        ddp.barrier()
+        if not local:
+            ddp.barrier()
         return None
 
 
@@ -297,7 +320,8 @@ class _Blocks(torch.utils.data.Dataset):
 
 def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_dir: str | Path,
                         batch_size: int = 64, *, data_fp: str | None = None, workers: int = 0,
-                        log: Callable[[str], None] = print, dtype: str = "float32") -> TeacherCache:
+                        log: Callable[[str], None] = print, dtype: str = "float32",
+                        per_rank: bool = False) -> TeacherCache:
     """Embed views ``0..num_views-1`` of every face in ``views`` with ``teacher`` once; reuse when valid.
 
     Args:
@@ -306,6 +330,8 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
         The teacher runs in its own precision (``teacher.precision``, part of its fingerprint); the
         embeddings are stored as ``dtype`` (float32, or float16: half the size, read back as float32).
         data_fp: a known fingerprint of the aligned faces (skips hashing them).
+        per_rank: under torchrun, each rank builds and keeps only its shard (see the module docs); a single
+            process ignores it.
         workers: DataLoader processes that augment the next blocks while the teacher embeds this one.
 
     Example::
@@ -313,23 +339,32 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
         cache = build_teacher_cache(teacher, views, 4, cfg.data.cache_dir / "teacher")
     """
     key = cache_key(teacher.fingerprint(), views, num_views, data_fp, dtype)
+    env = ddp.current()
+    local = per_rank and env.distributed
+    positions = shard_positions(len(views), env.rank, env.world_size) if local else np.arange(len(views))
+    if local:
+        key = {**key, "shard": f"{env.rank}/{env.world_size}"}
     path = _key_dir(Path(cache_dir), key)
-    cache = _open_or_reset(path, key, log)
+    cache = _open_or_reset(path, key, log, local)
     if cache is not None:
-        return cache
+        return dataclasses.replace(cache, positions=positions) if local else cache
     device = next((p.device for p in teacher.parameters()), torch.device("cpu")) if hasattr(teacher, "parameters") \
         else torch.device("cpu")
 
     def prepare(blocks: list[tuple[np.ndarray, int]]) -> Iterable[torch.Tensor]:
-        return torch.utils.data.DataLoader(_Blocks(views, blocks), batch_size=None, num_workers=workers,
+        at = [(positions[rows], v) for rows, v in blocks]  # cache rows -> view positions
+        return torch.utils.data.DataLoader(_Blocks(views, at), batch_size=None, num_workers=workers,
                                            prefetch_factor=2 if workers else None)
 
     def compute(pos: np.ndarray, view_id: int, faces: torch.Tensor) -> np.ndarray:
         return teacher.embed(faces.to(device)).float().cpu().numpy()
 
-    return _fill(path, key, (len(views), num_views, int(teacher.embedding_dim)), np.asarray(views.indices),
-                 compute, batch_size,
-                 f"teacher cache ({teacher.name}, K={num_views}, {getattr(teacher, 'precision', 'fp32')})", prepare)
+    shard = f", shard {env.rank}/{env.world_size}" if local else ""
+    cache = _fill(path, key, (len(positions), num_views, int(teacher.embedding_dim)),
+                  np.asarray(views.indices)[positions], compute, batch_size,
+                  f"teacher cache ({teacher.name}, K={num_views}, {getattr(teacher, 'precision', 'fp32')}{shard})",
+                  prepare, local)
+    return dataclasses.replace(cache, positions=positions) if local else cache
 
 
 def build_lookup_cache(lookup: Callable[[np.ndarray], Any], fingerprint: str, dim: int, views: FaceViews,
