@@ -7,7 +7,7 @@ Usage::
     .venv/bin/python -m benchmarks --sections inference,speedup
     .venv/bin/python -m benchmarks --eval-grid 10k:128+512,100k:128+512,1M:128+512   # the whole search grid
 
-Sections: inference, speedup, dlib_port, training, evaluation, memory, export, alignment. Each runs in turn with
+Sections: inference, speedup, dlib_port, training, evaluation, memory, export, deployed, alignment, recordio. Each runs in turn with
 progress on stdout; the JSON (and the markdown) are rewritten atomically after every section, so
 a long run that is stopped keeps what it measured. A section that fails is reported in both
 files and makes the exit status 1.
@@ -141,10 +141,16 @@ def run_alignment(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[
     return bench_large(log=log, progress=not args.no_progress)
 
 
+def run_recordio(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    from benchmarks.recordio_scale import bench_recordio
+
+    return bench_recordio(quick=args.quick, log=log)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Callable[[str], None]], dict[str, Any]]] = {
     "inference": run_inference, "speedup": run_speedup, "dlib_port": run_dlib_port, "training": run_training,
     "evaluation": run_evaluation, "memory": run_memory, "export": run_export, "deployed": run_deployed,
-    "alignment": run_alignment}
+    "alignment": run_alignment, "recordio": run_recordio}
 
 
 # --------------------------------------------------------------------------- main

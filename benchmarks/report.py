@@ -33,6 +33,7 @@ SECTIONS: dict[str, str] = {
     "export": "7. Exported students: fp32 vs int8 (onnxruntime)",
     "deployed": "8. Deployed speed-up: teacher and students in onnxruntime",
     "alignment": "9. Face alignment of large photos",
+    "recordio": "10. RecordIO reading and the teacher cache at MS1MV2 scale",
 }
 #: approximate search goal at 1M: recall@1 >= this ...
 SEARCH_RECALL_GOAL = 0.99
@@ -396,9 +397,15 @@ def md_alignment(al: dict[str, Any]) -> str:
     return to_markdown(al)
 
 
+def md_recordio(r: dict[str, Any]) -> str:
+    from benchmarks.recordio_scale import to_markdown
+
+    return to_markdown(r)
+
+
 RENDER = {"inference": md_inference, "dlib_port": md_dlib_port, "training": md_training,
           "evaluation": md_evaluation, "memory": md_memory, "export": md_export, "deployed": md_deployed,
-          "alignment": md_alignment}
+          "alignment": md_alignment, "recordio": md_recordio}
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

@@ -104,6 +104,9 @@ def test_quick_other_sections_hold_real_measurements(quick_run):
     assert set(mem) == {"baseline", "train", "eval"}
     assert mem["train"]["steps"] >= 1 and mem["eval"]["ids_valid"]
     assert all(t["max_rss_mib"] > 50 for t in mem.values())
+    rec = s["recordio"]
+    assert rec["records"] == 4000 and rec["sequential_records_per_s"] > 0 and rec["decode_per_s"] > 0
+    assert rec["cache"]["cache_bytes"] == 4000 * 512 * 2 and "MS1MV2 projection" in text  # float16, 512-D, K=1
     # a missed goal says by how much
     ratio = s["training"]["cached_vs_student_only"]
     assert ("missed by" in text) or ratio >= 0.95
