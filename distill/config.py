@@ -636,5 +636,14 @@ def reference_markdown(model: type[BaseModel] = Config, prefix: str = "") -> str
     return text
 
 
+def key_remedy(cfg: Config, key: str) -> str:
+    """How to point ``key`` elsewhere: the environment variable its value came from, if any, or the key."""
+    # eval.pairs entries may be plain strings: eval.pairs[i] is then what eval.pairs[i].file names
+    names = cfg.env_vars(key) or cfg.env_vars(key.removesuffix(".file"))
+    if names:
+        return f"set the environment variable {' or '.join(names)} (the config builds {key} from it) or {key}"
+    return f"set {key}"
+
+
 if __name__ == "__main__":  # python -m distill.config > the README's config reference
     print(reference_markdown())

@@ -85,36 +85,6 @@ class RunPlan:
         return "\n".join(lines + [f"  MISSING  {x}" for x in self.missing])
 
 
-def _split_sizes(cfg: Config) -> dict[str, int]:
-    """Training images and identities after the identity-disjoint split (a folder scan, no image decoded)."""
-    from distill.data.folders import DatasetError, scan_identity_folder
-    from distill.data.prepare import folder_sources, identity_split
-
-    try:
-        sources = folder_sources(cfg)
-        split = identity_split(cfg, sources, scan_identity_folder(sources.root))
-    except (DatasetError, OSError):  # the run itself reports these, with their remedy
-        return {}
-    train = split.train
-    if cfg.data.max_train_images:
-        n = min(len(train), cfg.data.max_train_images)
-        return {"train_images": n, "held_out_identities": len(split.held_out)}
-    return {"train_images": len(train), "train_identities": train.num_identities,
-            "held_out_identities": len(split.held_out)}
-
-
-def _recordio_sizes(cfg: Config) -> dict[str, int]:
-    """Records and training images of a RecordIO source (its index read; no image decoded)."""
-    from distill.data.recordio import RecordIOError, RecordIOFaces
-
-    try:
-        data = RecordIOFaces(cfg.data.root)  # type: ignore[arg-type]
-    except (RecordIOError, OSError):  # the run itself reports these, with their remedy
-        return {}
-    n = len(data)
-    return {"records": n, "train_images": min(n, cfg.data.max_train_images or n)}
-
-
 def plan(cfg: Config) -> RunPlan:
     """The :class:`RunPlan` of ``cfg`` (the teacher is built without weights: architecture and cost only)."""
     teacher = teacher_architecture(cfg)
@@ -123,22 +93,9 @@ def plan(cfg: Config) -> RunPlan:
     student = build_student(spec)
     t_cost, s_cost = profile(teacher, teacher.preprocessing.input_size), profile(student, cfg.student.input_size)
     missing = find_problems(cfg)
-    if cfg.data.source == "synthetic":
-        sy = cfg.data.synthetic
-        data = {"source": "synthetic", "identities": sy.identities,
-                "images": sy.identities * sy.images_per_identity,
-                "test_identities": max(2, round(sy.identities * sy.test_fraction))}
-    elif cfg.data.source == "recordio":
-        data = {"source": "recordio", "root": str(cfg.data.root), **({} if missing else _recordio_sizes(cfg))}
-    else:
-        root = cfg.data.root
-        n_ids = sum(1 for p in root.iterdir() if p.is_dir()) if root and root.is_dir() else None
-        data = {"source": "folder", "root": str(root), "identities": n_ids,
-                "exclude_identities_in": [str(p) for p in cfg.data.exclude_identities_in]}
-        if cfg.data.holdout_fraction is not None:
-            data["holdout_fraction"] = cfg.data.holdout_fraction
-        if not missing:
-            data.update(_split_sizes(cfg))
+    from distill.data.prepare import source_kind  # every kind registered
+
+    data = source_kind(cfg).describe(cfg, bool(missing))
     return RunPlan(
         name=cfg.name, out=str(cfg.out),
         teacher={"name": teacher.name, "input_size": teacher.preprocessing.input_size, "alignment": template,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.config import PATH_RULE, Config
+from distill.config import PATH_RULE, Config, key_remedy
 from distill.errors import InputError
 from distill.resolve import teacher_weight_problems
 
@@ -37,19 +37,9 @@ def missing_artifacts_error(problems: list[str]) -> MissingArtifactsError:
 def find_problems(cfg: Config) -> list[str]:
     """Every missing weight file or data folder the config needs (never downloads)."""
     problems = teacher_weight_problems(cfg)
-    if cfg.data.source == "folder":
-        if cfg.data.root is None:
-            problems.append("data.root must name an identity-folder tree when data.source is 'folder'")
-        elif not cfg.data.root.is_dir():
-            problems.append(f"training faces: data.root {cfg.data.root} does not exist (an identity-folder tree "
-                            f"root/<identity>/<image>; {_remedy(cfg, 'data.root')})")
-        for p in cfg.data.exclude_identities_in:
-            if not p.is_file() and not cfg.eval.download_lfw:
-                problems.append(f"data.exclude_identities_in: {p} does not exist")
-    if cfg.data.source == "recordio" and (cfg.data.root is None or not (
-            cfg.data.root.is_file() or (cfg.data.root / "train.rec").is_file())):
-        problems.append(f"training faces: data.root {cfg.data.root} is not a RecordIO set (a folder holding train.rec "
-                        "and train.idx, as insightface's faces_emore/, or the .rec file itself)")
+    from distill.data.prepare import source_kind  # every kind registered
+
+    problems += source_kind(cfg).problems(cfg)
     missing: dict[str, str] = {}  # path -> the first key that names it
     for i, spec in enumerate(cfg.eval.pairs):
         if spec.folder is not None:
@@ -75,14 +65,5 @@ def find_problems(cfg: Config) -> list[str]:
             missing = {}  # downloaded when the data is prepared
         else:
             offline = f"the LFW download from {LFW_URL} is impossible offline; "
-    return problems + [f"evaluation data: {path} ({key}) is missing; {offline}{_remedy(cfg, key)} to a local copy"
+    return problems + [f"evaluation data: {path} ({key}) is missing; {offline}{key_remedy(cfg, key)} to a local copy"
                        for path, key in missing.items()]
-
-
-def _remedy(cfg: Config, key: str) -> str:
-    """How to point ``key`` elsewhere: the environment variable its value came from, if any, or the key."""
-    # eval.pairs entries may be plain strings: eval.pairs[i] is then what eval.pairs[i].file names
-    names = cfg.env_vars(key) or cfg.env_vars(key.removesuffix(".file"))
-    if names:
-        return f"set the environment variable {' or '.join(names)} (the config builds {key} from it) or {key}"
-    return f"set {key}"

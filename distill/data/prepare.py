@@ -13,51 +13,18 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from distill.config import Config, ConfigError, PairsSpec
+from distill.config import Config, ConfigError, PairsSpec, key_remedy
 from distill.io import atomic_write_json
 
 from .align import AlignedFaces, align_images
 from .folders import ImageList, save_image_list, scan_identity_folder
+from .sources import SOURCE_KINDS, Log, SourceKind, Sources, TrainData
 from .splits import Split, identity_disjoint_split
-
-Log = Callable[[str], None]
-
-
-@dataclass
-class Sources:
-    """Where a run's images live (resolved once per run, shared by training and evaluation).
-
-    Attributes:
-        root: the training images' identity-folder root.
-        eval_root: where the evaluation protocols' images live.
-        specs: the evaluation protocols (the synthetic set brings its own).
-        exclude: pairs files whose people are never trained on.
-        synthetic: the generated set, or None for a folder.
-    """
-
-    root: Path
-    eval_root: Path
-    specs: list[PairsSpec]
-    exclude: list[Path]
-    synthetic: Any = None
-
-
-@dataclass
-class TrainData:
-    """Aligned training faces: ``faces`` uint8 ``(N, S, S, 3)`` (a memmap, or a lazy array for a RecordIO set),
-    their paths (names) and labels, and the record; ``images`` is the scanned list (None for RecordIO)."""
-
-    images: ImageList | None
-    faces: Any
-    rel_paths: Sequence[str]
-    labels: np.ndarray
-    record: dict[str, Any] = field(default_factory=dict)
 
 
 def align(cfg: Config, root: Path, images: ImageList | list[str], template: str, log: Log, *,
@@ -85,8 +52,24 @@ def align(cfg: Config, root: Path, images: ImageList | list[str], template: str,
 
 
 def resolve_sources(cfg: Config, log: Log) -> Sources:
-    """Where this run's images are: generate the synthetic set or download LFW if the config asks (once)."""
-    if cfg.data.source == "synthetic":
+    """Where this run's images are (its :class:`~distill.data.sources.SourceKind` decides; once per run)."""
+    return source_kind(cfg).resolve(cfg, log)
+
+
+def source_kind(cfg: Config) -> SourceKind:
+    """The registered kind of ``cfg.data.source`` (:data:`~distill.data.sources.SOURCE_KINDS`).
+
+    Raises:
+        UnknownNameError: a name no kind registered (the config's Literal prevents it)."""
+    return SOURCE_KINDS.build(cfg.data.source)
+
+
+@SOURCE_KINDS.register("synthetic", description="identities generated offline (the embedded default)")
+class SyntheticSource(SourceKind):
+    """``data.source: synthetic``: generated identities with their own test pairs."""
+
+    def resolve(self, cfg: Config, log: Log) -> Sources:
+        """Generate (or re-use) the synthetic set; its test pairs are the protocol unless eval.pairs names one."""
         from .synthetic import generate_synthetic, synthetic_dir
 
         sy = cfg.data.synthetic
@@ -98,15 +81,73 @@ def resolve_sources(cfg: Config, log: Log) -> Sources:
         specs = list(cfg.eval.pairs) or [PairsSpec(file=synth.test_pairs_path, name="synthetic-test")]
         return Sources(synth.root, synth.root, specs, [synth.test_pairs_path, *cfg.data.exclude_identities_in],
                        synth)
-    if cfg.data.source == "recordio":  # images read in place; nothing to exclude by name (recordio_source)
-        assert cfg.data.root is not None
-        return Sources(cfg.data.root, Path(cfg.eval.images_root or cfg.data.root), list(cfg.eval.pairs), [])
-    if cfg.eval.download_lfw and cfg.eval.pairs:
-        from .download import ensure_lfw
 
-        for lfw in dict.fromkeys(s.file.parent for s in cfg.eval.pairs if s.file is not None):
-            ensure_lfw(lfw, download=True)
-    return folder_sources(cfg)
+    def train(self, cfg: Config, template: str, log: Log, sources: Sources, run_dir: Path | None) -> TrainData:
+        """The generated identity folders, split and aligned like a folder source."""
+        return _train_from_folder(cfg, template, log, sources, run_dir)
+
+    def describe(self, cfg: Config, missing: bool) -> dict[str, Any]:
+        """Identities and images the generator will make."""
+        sy = cfg.data.synthetic
+        return {"source": "synthetic", "identities": sy.identities, "images": sy.identities * sy.images_per_identity,
+                "test_identities": max(2, round(sy.identities * sy.test_fraction))}
+
+
+@SOURCE_KINDS.register("folder", description="an identity-folder tree root/<identity>/<image>")
+class FolderSource(SourceKind):
+    """``data.source: folder``: an identity-folder tree, split identity-disjointly from the evaluation people."""
+
+    def problems(self, cfg: Config) -> list[str]:
+        """data.root and the exclusion files (LFW's may come from the download)."""
+        out = []
+        if cfg.data.root is None:
+            out.append("data.root must name an identity-folder tree when data.source is 'folder'")
+        elif not cfg.data.root.is_dir():
+            out.append(f"training faces: data.root {cfg.data.root} does not exist (an identity-folder tree "
+                       f"root/<identity>/<image>; {key_remedy(cfg, 'data.root')})")
+        out += [f"data.exclude_identities_in: {p} does not exist" for p in cfg.data.exclude_identities_in
+                if not p.is_file() and not cfg.eval.download_lfw]
+        return out
+
+    def resolve(self, cfg: Config, log: Log) -> Sources:
+        """The folder as it stands, after downloading LFW's pairs and images if the config asks."""
+        if cfg.eval.download_lfw and cfg.eval.pairs:
+            from .download import ensure_lfw
+
+            for lfw in dict.fromkeys(s.file.parent for s in cfg.eval.pairs if s.file is not None):
+                ensure_lfw(lfw, download=True)
+        return folder_sources(cfg)
+
+    def train(self, cfg: Config, template: str, log: Log, sources: Sources, run_dir: Path | None) -> TrainData:
+        """Scan, split, cap and align the folder's images."""
+        return _train_from_folder(cfg, template, log, sources, run_dir)
+
+    def describe(self, cfg: Config, missing: bool) -> dict[str, Any]:
+        """Root, identities, exclusions and (when nothing is missing) the split's sizes: a scan, no decoding."""
+        root = cfg.data.root
+        n_ids = sum(1 for p in root.iterdir() if p.is_dir()) if root and root.is_dir() else None
+        data: dict[str, Any] = {"source": "folder", "root": str(root), "identities": n_ids,
+                                "exclude_identities_in": [str(p) for p in cfg.data.exclude_identities_in]}
+        if cfg.data.holdout_fraction is not None:
+            data["holdout_fraction"] = cfg.data.holdout_fraction
+        return data if missing else {**data, **_split_sizes(cfg)}
+
+
+def _split_sizes(cfg: Config) -> dict[str, int]:
+    """Training images and identities after the identity-disjoint split (a folder scan, no image decoded)."""
+    from .folders import DatasetError
+
+    try:
+        sources = folder_sources(cfg)
+        split = identity_split(cfg, sources, scan_identity_folder(sources.root))
+    except (DatasetError, OSError):  # the run itself reports these, with their remedy
+        return {}
+    train = split.train
+    if cfg.data.max_train_images:
+        n = min(len(train), cfg.data.max_train_images)
+        return {"train_images": n, "held_out_identities": len(split.held_out)}
+    return {"train_images": len(train), "train_identities": train.num_identities,
+            "held_out_identities": len(split.held_out)}
 
 
 def folder_sources(cfg: Config) -> Sources:
@@ -134,13 +175,13 @@ def identity_split(cfg: Config, sources: Sources, images: ImageList) -> Split:
 
 def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None = None,
                   sources: Sources | None = None) -> TrainData:
-    """Scan, split (identity-disjoint), cap and align the training images; write the split into ``run_dir``.
-    A RecordIO source is read in place instead (:func:`~distill.data.recordio_source.prepare_recordio`)."""
-    if cfg.data.source == "recordio":
-        from .recordio_source import prepare_recordio
+    """The training faces of the config's source kind (a folder: scanned, split identity-disjointly, capped and
+    aligned, the split written into ``run_dir``; a RecordIO set: read in place)."""
+    return source_kind(cfg).train(cfg, template, log, sources or resolve_sources(cfg, log), run_dir)
 
-        return TrainData(None, *prepare_recordio(cfg, template, log))
-    sources = sources or resolve_sources(cfg, log)
+
+def _train_from_folder(cfg: Config, template: str, log: Log, sources: Sources, run_dir: Path | None) -> TrainData:
+    """Scan, split (identity-disjoint), cap and align an identity-folder tree; write the split into ``run_dir``."""
     for i, spec in enumerate(sources.specs):
         if spec.folder is not None and spec.folder.resolve() == sources.root.resolve() and not spec.teacher_only:
             raise ConfigError(f"eval.pairs[{i}].folder is data.root ({sources.root}): every person would be held "
@@ -166,3 +207,6 @@ def prepare_train(cfg: Config, template: str, log: Log, *, run_dir: Path | None 
         save_image_list(train, run_dir / "split" / "train_images.json")
         atomic_write_json(run_dir / "split" / "split.json", split.record)
     return TrainData(train, aligned.faces, aligned.rel_paths, train.labels[aligned.indices], record)
+
+
+from . import recordio_source  # noqa: E402,F401 - registers data.source: recordio (imports sources, not this module)

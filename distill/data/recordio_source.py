@@ -29,7 +29,8 @@ import numpy as np
 
 from distill.config import Config, ConfigError
 
-from .recordio import RecordIOFaces
+from .recordio import RecordIOError, RecordIOFaces
+from .sources import SOURCE_KINDS, Log, SourceKind, Sources, TrainData
 from .templates import TEMPLATE_SIZE, ReframeError, reframe_crop, reframe_matrix
 
 #: the template of insightface's RecordIO crops
@@ -130,3 +131,36 @@ def prepare_recordio(cfg: Config, template: str,
                                              "numbered identities), evaluation images from eval.pairs",
                         "train_images": len(positions), "held_out_identities": 0}}
     return faces, RecordKeys(faces), labels, record
+
+
+@SOURCE_KINDS.register("recordio", description="an insightface/MXNet RecordIO set (train.rec + train.idx), in place")
+class RecordIOSource(SourceKind):
+    """``data.source: recordio`` (see the module docs)."""
+
+    def problems(self, cfg: Config) -> list[str]:
+        """data.root must hold train.rec (or be the .rec file)."""
+        root = cfg.data.root
+        if root is not None and (root.is_file() or (root / "train.rec").is_file()):
+            return []
+        return [f"training faces: data.root {root} is not a RecordIO set (a folder holding train.rec and train.idx, "
+                "as insightface's faces_emore/, or the .rec file itself)"]
+
+    def resolve(self, cfg: Config, log: Log) -> Sources:
+        """The set read in place; evaluation images under eval.images_root; nothing to exclude by name."""
+        assert cfg.data.root is not None
+        return Sources(cfg.data.root, Path(cfg.eval.images_root or cfg.data.root), list(cfg.eval.pairs), [])
+
+    def train(self, cfg: Config, template: str, log: Log, sources: Sources, run_dir: Path | None) -> TrainData:
+        """:func:`prepare_recordio` as the run's training data."""
+        return TrainData(None, *prepare_recordio(cfg, template, log))
+
+    def describe(self, cfg: Config, missing: bool) -> dict[str, Any]:
+        """Records and training images (the index read; no image decoded)."""
+        out: dict[str, Any] = {"source": "recordio", "root": str(cfg.data.root)}
+        if missing:
+            return out
+        try:
+            n = len(RecordIOFaces(cfg.data.root))  # type: ignore[arg-type]
+        except (RecordIOError, OSError):  # the run itself reports these, with their remedy
+            return out
+        return {**out, "records": n, "train_images": min(n, cfg.data.max_train_images or n)}
