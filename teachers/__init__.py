@@ -20,7 +20,7 @@ from distill.errors import InputError
 from distill.registry import Entry, Registry
 
 from .base import PRECISIONS, CallableTeacher, Teacher
-from .dlib_resnet import DlibResNet, check_dlib_weights, dlib_resnet
+from .dlib_resnet import DlibResNet, check_dlib_weights, default_dlib_model_path, dlib_resnet
 from .facenet import FaceNetTeacher, FacenetWeightsError, check_facenet_weights_available, facenet, \
     resolve_facenet_weights
 from .onnx_teacher import OnnxTeacher, check_onnx_weights, check_sface_weights, onnx_teacher, sface
@@ -96,6 +96,6 @@ def describe_teacher(entry: Entry[Teacher]) -> dict[str, Any]:
 
 
 __all__ = ["TEACHERS", "Teacher", "CallableTeacher", "describe_teacher", "build_teacher", "check_teacher_weights",
-           "PRECISIONS", "DlibResNet", "dlib_resnet", "FaceNetTeacher", "facenet", "resolve_facenet_weights",
+           "PRECISIONS", "DlibResNet", "dlib_resnet", "default_dlib_model_path", "FaceNetTeacher", "facenet", "resolve_facenet_weights",
            "check_facenet_weights_available", "FacenetWeightsError", "TimmTeacher", "timm_teacher",
            "PrecomputedTeacher", "precomputed", "OnnxTeacher", "onnx_teacher", "sface"]

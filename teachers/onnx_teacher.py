@@ -308,6 +308,11 @@ class OnnxTeacher(Teacher):
         y = torch.from_numpy(out.astype(np.float32))
         return F.normalize(y, dim=1) if self.normalized else y
 
+    @property
+    def file_bytes(self) -> int:
+        """Size of the ONNX file (bytes): the teacher's weight size in cost reports."""
+        return self.path.stat().st_size
+
     def weights_fingerprint(self) -> str:
         """sha256 of the file's bytes (cache keys change when the file does)."""
         return "onnx-" + file_sha256(self.path)[:16]

@@ -233,6 +233,10 @@ def test_distill_run_takes_an_onnx_teacher_from_four_declared_keys(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     teacher = next(m for m in report["models"] if m["role"] == "teacher")
     assert teacher["name"] == "my_face_model" and teacher["mult_adds"] > 0
+    assert teacher["file_bytes"] == path.stat().st_size                          # the model file, not 0
+    from distill.evaluation.cost import measure_cost
+    cost = measure_cost(build_teacher("onnx", path, **OPTIONS), SIZE, batch_sizes=(2,), repeats=1)
+    assert set(cost.latency) == {"fp32"} and cost.images_per_s > 0            # no bf16 row: torch does not run it
     (manifest,) = (tmp_path / "cache" / "teacher").rglob("manifest.json")
     from distill.fingerprint import file_sha256
     assert f"onnx-{file_sha256(path)[:16]}" in json.loads(manifest.read_text())["key"]["teacher"]  # keyed by bytes

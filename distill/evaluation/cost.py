@@ -67,11 +67,15 @@ def measure_cost(module: nn.Module, input_size: int, *, batch_sizes: tuple[int, 
                  fast: bool = True, latency: bool = True, warmup: int = 2, repeats: int = 5) -> CostResult:
     """Params, mult-adds (:func:`distill.profile.profile`), weight file size (bytes) and CPU throughput.
 
-    ``latency["fp32"][str(B)]`` always; ``latency["bf16"]`` too when ``fast``. ``images_per_s`` is
-    fp32 at batch 32 (or the largest batch measured); ``None`` when ``latency=False``.
+    ``latency["fp32"][str(B)]`` always; ``latency["bf16"]`` too when ``fast`` and the module has torch weights
+    (a model run outside torch, an ONNX teacher, runs its own precision: bf16 autocast would not touch it).
+    ``images_per_s`` is fp32 at batch 32 (or the largest batch measured); ``None`` when ``latency=False``.
+    The weight size is the module's own ``file_bytes`` when it declares one (a model file), else its state dict's.
     """
     c = profile(module, input_size)
-    out = CostResult(c.params, c.mult_adds, input_size, file_bytes=state_dict_bytes(module),
+    fast = fast and next(module.parameters(), None) is not None
+    size = getattr(module, "file_bytes", None)
+    out = CostResult(c.params, c.mult_adds, input_size, file_bytes=int(size) if size else state_dict_bytes(module),
                      threads=torch.get_num_threads())
     if latency:
         for name, use_fast in (("fp32", False), ("bf16", True)) if fast else (("fp32", False),):
