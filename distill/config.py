@@ -316,6 +316,13 @@ class EvalSettings(Section):
         "how students' pairs are scored: auto = the student's own convention (cosine for L2-normalised "
         "outputs, negative Euclidean distance for raw ones), or cosine / euclidean on any student; teachers "
         "always use their own; the report names the score"))
+    bootstrap: int = Field(200, ge=0, le=10_000, description=(
+        "rounds of the bootstrap over identities that gives each TAR@FAR a 95% interval in the report "
+        "(0 = none); TARs whose intervals overlap are no difference"))
+    train_fidelity_sample: int = Field(1000, ge=0, description=(
+        "training faces (seeded, clean) on which the report also measures the student's cosine to the teacher, "
+        "beside the held-out people's: both low = underfitting, train high and held-out low = overfitting "
+        "(0 = skip)"))
     identification: bool = Field(True, description="1:N gallery/probe identification with FAISS")
     latency: bool = Field(True, description="measure CPU latency (batch 1 and 32)")
     batch_size: int = Field(128, ge=1)

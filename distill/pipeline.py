@@ -34,7 +34,7 @@ from distill.data.views import FaceViews
 from distill.embedder import ModuleEmbedder
 from distill.evaluation import (DEFAULT_FARS, ModelResult, compare_runs, evaluate_pairs, extract_embeddings,
                                 measure_cost, summary_table, write_reports)
-from distill.evaluation.evaluate import evaluate_model
+from distill.evaluation.evaluate import evaluate_model, train_fidelity
 from distill.io import atomic_write_json
 from distill.models import STUDENT_FILE, StudentSpec, display_name, load_embedder, onnx_cost, output_contract, \
     save_student
@@ -203,10 +203,13 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
                                  latency=cfg.eval.latency), evald, cfg)
         results.append(t_res)
     head = loss.export_head()
-    s_res, _ = _evaluate(name, "student", ModuleEmbedder(trained, pre, name=name, normalized=normalized),
+    trained_emb = ModuleEmbedder(trained, pre, name=name, normalized=normalized)
+    fid_train = train_fidelity(trained_emb, teacher, train.faces, sample=cfg.eval.train_fidelity_sample,
+                               seed=cfg.seed, project=_projector(head), batch_size=cfg.eval.batch_size)
+    s_res, _ = _evaluate(name, "student", trained_emb,
                          measure_cost(trained, cfg.student.input_size, latency=cfg.eval.latency), evald, cfg,
                          teacher_emb=t_emb, teacher_name=teacher.name, project=_projector(head),
-                         extra={"train": train_info, "curve": result.evals})
+                         extra={"train": train_info, "curve": result.evals, "fidelity_train": fid_train})
     results.append(s_res)
     report = write_reports(run_dir, results, cfg.model_dump(mode="json"),
                            {"train": train_info, "data": {"train": train.record, "eval": evald.record},

@@ -166,3 +166,52 @@ def test_evaluate_pairs_flags_lopsided_protocols():
     assert res.tar(1e-4) is not None                           # 19,800 impostors resolve FAR = 1e-4
     balanced = PairIndex(np.arange(20), np.arange(20) + 20, np.arange(20) % 2 == 0, np.arange(20) % 2)
     assert not any("of the pairs are" in w for w in evaluate_pairs(emb, balanced, normalized=True).warnings)
+
+
+def _people(n_ids: int, per: int, person_effect: float, seed: int = 0):
+    """Every pair of ``n_ids`` people x ``per`` images: genuine scores N(2, 1) shifted by a per-person effect
+    (some people are hard), impostors N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_ids), per)
+    a, b = np.triu_indices(len(labels), 1)
+    same = labels[a] == labels[b]
+    effect = rng.normal(0, person_effect, n_ids)
+    scores = np.where(same, 2 + effect[labels[a]] + rng.normal(0, 1, len(a)), rng.normal(0, 1, len(a)))
+    return scores, same, labels[a], labels[b]
+
+
+def test_tar_interval_brackets_the_estimate_and_counts_people_not_pairs():
+    from distill.evaluation.metrics import tar_at_far, tar_interval
+
+    scores, same, ia, ib = _people(120, 5, person_effect=1.0)
+    point = tar_at_far(scores, same, (1e-2, 1e-3))[0]
+    ci = tar_interval(scores, same, ia, ib, (1e-2, 1e-3), rounds=100)
+    for f in (1e-2, 1e-3):
+        lo, hi = ci[f]
+        assert lo <= point[f] <= hi and 0 < hi - lo < 0.3
+    # people who differ (a per-person effect) widen the interval: pairs of one person are not independent
+    flat = tar_interval(*_people(120, 5, person_effect=0.0), (1e-2,), rounds=100)[1e-2]
+    assert (ci[1e-2][1] - ci[1e-2][0]) > 1.5 * (flat[1] - flat[0])
+    # more people, narrower
+    many = tar_interval(*_people(360, 5, person_effect=1.0, seed=1), (1e-2,), rounds=100)[1e-2]
+    assert many[1] - many[0] < ci[1e-2][1] - ci[1e-2][0]
+    # too few impostors for the FAR: no interval, as no TAR
+    assert tar_interval(scores[:300], same[:300], ia[:300], ib[:300], (1e-4,))[1e-4] is None
+
+
+def test_evaluate_pairs_reports_the_interval_when_given_identities():
+    from distill.evaluation import PairIndex, evaluate_pairs
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(60), 4)
+    emb = rng.normal(0, 1, (60, 16))[labels] + rng.normal(0, 0.9, (240, 16))
+    a, b = np.triu_indices(240, 1)
+    pairs = PairIndex(a, b, labels[a] == labels[b], np.arange(len(a)) % 10)
+    res = evaluate_pairs(emb, pairs, normalized=False, labels=labels, bootstrap=50)
+    lo, hi = res.tar_interval[1e-2]
+    assert lo <= res.tar(1e-2) <= hi and set(res.tar_interval) == {1e-2, 1e-3, 1e-4}
+    assert evaluate_pairs(emb, pairs, normalized=False).tar_interval == {}     # off without identities
+    assert type(res).from_dict(res.to_dict()).tar_interval == res.tar_interval  # through report.json
+    from distill.evaluation.render import _tar_cell
+    cell = _tar_cell(res, 1e-2)
+    assert cell["text"].endswith("]") and "[" in cell["text"] and "bootstrap over identities" in cell["title"]

@@ -234,6 +234,10 @@ def test_distill_run_takes_an_onnx_teacher_from_four_declared_keys(tmp_path):
     teacher = next(m for m in report["models"] if m["role"] == "teacher")
     assert teacher["name"] == "my_face_model" and teacher["mult_adds"] > 0
     assert teacher["file_bytes"] == path.stat().st_size                          # the model file, not 0
+    student = next(m for m in report["models"] if m["role"] == "student")       # the fit diagnostics
+    assert student["extra"]["fidelity_train"]["sample"] > 0 and student["fidelity"]["mean"] is not None
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "of its own training faces (clean)" in md
     from distill.evaluation.cost import measure_cost
     cost = measure_cost(build_teacher("onnx", path, **OPTIONS), SIZE, batch_sizes=(2,), repeats=1)
     assert set(cost.latency) == {"fp32"} and cost.images_per_s > 0            # no bf16 row: torch does not run it

@@ -54,6 +54,8 @@ def test_a_run_distils_from_a_rec_set_and_evaluates_on_a_bin(rec_set: Path, crop
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     student = next(m for m in report["models"] if m["role"] == "student")
     assert student["protocols"]["tiny-bin"]["n_pairs"] == 20
+    # diagnostics: cosine to the teacher on its own training faces beside the held-out one; TAR intervals
+    assert student["extra"]["fidelity_train"]["sample"] == 12 and -1 <= student["extra"]["fidelity_train"]["mean"] <= 1
     record = json.loads((tmp_path / "run" / "data_record.json").read_text())["train"]
     assert record["source"] == "recordio" and record["train_images"] == 12 and record["train_identities"] == 4
     assert "not checked" in record["split"]["identity_disjoint"]

@@ -65,8 +65,8 @@ def evaluate_model(name: str, role: str, embedder: Any, data: "EvalData", settin
         normalized = settings.student_score == "cosine"
         if normalized and not embedder.normalized:  # cosine of raw outputs: score their directions
             scored = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    protocols = {p.name: evaluate_pairs(scored, p.pairs, normalized) for p in data.protocols
-                 if role == "teacher" or not p.teacher_only}
+    protocols = {p.name: evaluate_pairs(scored, p.pairs, normalized, labels=data.labels, bootstrap=settings.bootstrap)
+                 for p in data.protocols if role == "teacher" or not p.teacher_only}
     ident = None
     if settings.identification and data.held_out.sum() > 1:
         sel = data.held_out
@@ -82,3 +82,27 @@ def evaluate_model(name: str, role: str, embedder: Any, data: "EvalData", settin
             fid = fidelity(mine[sel], teacher_emb[sel])
     return ModelResult(name=name, role=role, cost=cost, protocols=protocols, fidelity=fid,  # type: ignore[arg-type]
                        identification=ident, teacher=teacher_name, extra=extra or {}), emb
+
+
+def train_fidelity(student: Any, teacher: Any, faces: Any, *, sample: int = 1000, seed: int = 0,
+                   project: Callable[[np.ndarray], np.ndarray] | None = None,
+                   batch_size: int = 128) -> dict[str, Any] | None:
+    """Cosine to the teacher on a seeded sample of the training faces, clean (as aligned, no augmentation):
+    beside the held-out fidelity, the underfitting (both low) or overfitting (train high, held-out low) signal.
+
+    ``faces``: the training faces ``(N, S, S, 3)`` uint8 (a memmap or a lazy array); ``project`` maps the
+    student's embeddings into the teacher's space when a head was learned. Returns the
+    :class:`~distill.evaluation.results.FidelityResult` as a dict plus ``"sample"``, or None for a teacher
+    that cannot embed (precomputed) or embeddings of another dimension.
+    """
+    if sample <= 0 or not getattr(teacher, "can_embed", True) or len(faces) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(faces), min(sample, len(faces)), replace=False))
+    crops = np.stack([np.asarray(faces[int(i)]) for i in idx])
+    t = extract_embeddings(teacher, crops, batch_size=batch_size)
+    s = extract_embeddings(student, crops, batch_size=batch_size)
+    s = project(s) if project is not None else s
+    if s.shape != t.shape:
+        return None
+    return {**fidelity(s, t).to_dict(), "sample": int(len(idx))}

@@ -170,3 +170,45 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> K
         thrs.append(t)
         accs.append(float(np.mean((scores[test] >= t) == same[test])))
     return KFoldResult(float(np.mean(accs)), float(np.std(accs)), accs, thrs)
+
+
+def tar_interval(scores: np.ndarray, same: np.ndarray, id_a: np.ndarray, id_b: np.ndarray,
+                 fars: tuple[float, ...] = (1e-2, 1e-3, 1e-4), *, rounds: int = 200, level: float = 0.95,
+                 seed: int = 0) -> dict[float, tuple[float, float] | None]:
+    """A ``level`` confidence interval of TAR at each FAR from a bootstrap over identities.
+
+    Each round draws the protocol's identities with replacement (``id_a``/``id_b``: the identity of each pair's
+    two faces, any integer labels); a pair counts as often as its people were drawn (a genuine pair ``k``
+    times for a person drawn ``k`` times, an impostor pair ``k_a * k_b`` times), the threshold is the one
+    whose weighted FAR is at most ``far``, and TAR is the weighted share of genuine pairs above it. Pairs of
+    one person are not independent, so resampling people, not pairs, gives the honest width (Bolle et al.,
+    "Error analysis of pattern recognition systems: the subsets bootstrap", CVIU 2004). An interval is
+    None where the protocol holds fewer than ``1/far`` impostor pairs. Two models on the same pairs whose
+    intervals overlap are not shown different by this test.
+    """
+    scores, same = _check(scores, same)
+    ids, inv = np.unique(np.r_[np.asarray(id_a), np.asarray(id_b)], return_inverse=True)
+    ia, ib = inv[:len(scores)], inv[len(scores):]
+    neg = ~same
+    order = np.argsort(-scores[neg], kind="stable")
+    s_neg, a_neg, b_neg = scores[neg][order], ia[neg][order], ib[neg][order]
+    g_order = np.argsort(-scores[same], kind="stable")
+    s_pos, a_pos = scores[same][g_order], ia[same][g_order]
+    wanted = [f for f in fars if neg.sum() >= min_impostors_for_far(f) and same.any()]
+    samples: dict[float, list[float]] = {f: [] for f in wanted}
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds if wanted else 0):
+        k = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)).astype(np.float64)
+        w_neg, w_pos = k[a_neg] * k[b_neg], k[a_pos]
+        if w_neg.sum() == 0 or w_pos.sum() == 0:
+            continue
+        far_c = np.cumsum(w_neg) / w_neg.sum()       # FAR when accepting the top j+1 impostors
+        tar_c = np.cumsum(w_pos) / w_pos.sum()
+        for f in wanted:
+            j = int(np.searchsorted(far_c, f + 1e-12, side="right"))  # impostors that may be accepted
+            thr = s_neg[j] if j < len(s_neg) else -np.inf           # accept strictly above the first refused
+            n_acc = int(np.searchsorted(-s_pos, -thr, side="left"))  # genuine scores > thr
+            samples[f].append(float(tar_c[n_acc - 1]) if n_acc else 0.0)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {f: (tuple(float(v) for v in np.percentile(samples[f], [lo, hi])) if f in wanted and samples[f]
+                else None) for f in fars}  # type: ignore[misc]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import ModelResult, Report, VerificationResult, far_text
+from .results import ModelResult, Report, VerificationResult, far_key, far_text
 
 _TEMPLATE_DIR = Path(__file__).with_name("templates")
 _COLORS = ["#1f3b99", "#d1495b", "#00798c", "#edae49", "#66a182", "#8d6cab", "#2e4057", "#c06c84"]
@@ -218,7 +218,11 @@ def _tar_cell(p: VerificationResult, far: float) -> dict:
     v = p.tar(far)
     if v is None:
         return cell("n/a", "null", p.tar_reasons.get(far, "not estimated"))
-    return cell(fmt_pct(v))
+    ci = p.tar_interval.get(far_key(far)) if p.tar_interval else None
+    if ci is None:
+        return cell(fmt_pct(v))
+    return cell(f"{fmt_pct(v)} [{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]", "",
+                "95% interval from a bootstrap over identities: overlapping intervals are no difference")
 
 
 def _tar_ratio_cell(ratios: dict[float, float | None]) -> dict:
@@ -310,6 +314,14 @@ def embedding_line(doc: Report) -> str:
     return "Embeddings of each face alone (eval.flip_tta: false; published .bin tables often use flip TTA)."
 
 
+def _fit_word(train: float, held_out: float) -> str:
+    """What the gap between training and held-out fidelity says (1 - cosine: the residual)."""
+    gap = (1 - held_out) / max(1 - train, 1e-9)
+    if gap > 1.5:
+        return f"the held-out residual is {gap:.1f}x the training one: it fits its training faces better (overfitting)"
+    return f"residuals within {gap:.2f}x: it cannot fit its own training faces either (underfitting, if both are low)"
+
+
 def render_markdown(doc: Report) -> str:
     """``report.md``: trade-off, every protocol, cost, fidelity, learning curve, identification."""
     tabs = report_tables(doc)
@@ -327,6 +339,10 @@ def render_markdown(doc: Report) -> str:
                 "|---|---|---|---|---|"]
         out += [f"| {m.name} | {m.fidelity.mean:.4f} | {m.fidelity.percentiles['5']:.4f} | "
                 f"{m.fidelity.percentiles['50']:.4f} | {m.fidelity.percentiles['95']:.4f} |" for m in fid]
+        out += [f"\nOn {m.extra['fidelity_train']['sample']} of its own training faces (clean): mean "
+                f"{m.extra['fidelity_train']['mean']:.4f} against {m.fidelity.mean:.4f} on the held-out people "
+                f"({_fit_word(m.extra['fidelity_train']['mean'], m.fidelity.mean)})." for m in fid
+                if m.extra.get("fidelity_train")]
         out.append("")
     curves = [m for m in doc.models if m.extra.get("curve")]
     for m in curves:

@@ -148,6 +148,9 @@ class VerificationResult:
     warnings: list[str] = field(default_factory=list)
     #: why accuracy/AUC/EER are not defined (e.g. "no genuine pairs"), else None
     reason: str | None = None
+    #: 95% interval [low, high] of each TAR from a bootstrap over identities (eval.bootstrap; None: too few
+    #: impostors); empty when not computed
+    tar_interval: dict[float, list[float] | None] = field(default_factory=dict)
 
     def tar(self, far: float) -> float | None:
         """TAR at FAR ``far`` (None when not estimable)."""
@@ -166,6 +169,7 @@ class VerificationResult:
         """Inverse of :meth:`to_dict` (FAR keys back to floats)."""
         k = _known(cls, d)
         k.update(tar_at_far=_fars(d.get("tar_at_far")), tar_reasons=_fars(d.get("tar_reasons")),
+                 tar_interval=_fars(d.get("tar_interval")),
                  roc=Roc.from_dict(d["roc"]), genuine=ScoreSummary.from_dict(d["genuine"]),
                  impostor=ScoreSummary.from_dict(d["impostor"]), warnings=list(d.get("warnings") or []))
         return cls(**k)

@@ -44,13 +44,16 @@ def score_summary(s: np.ndarray, bins: np.ndarray) -> ScoreSummary:
 
 
 def evaluate_pairs(emb: np.ndarray, pairs: PairIndex, normalized: bool, *, fars: tuple[float, ...] = DEFAULT_FARS,
-                   roc_points: int = 200, hist_bins: int = 60) -> VerificationResult:
+                   roc_points: int = 200, hist_bins: int = 60, labels: np.ndarray | None = None,
+                   bootstrap: int = 0) -> VerificationResult:
     """Verification metrics of embeddings ``emb`` (N, D) on ``pairs`` (indices into ``emb``).
 
     Scores: cosine for ``normalized`` models, negative Euclidean distance otherwise
     (see :mod:`distill.evaluation.search`). k-fold accuracy uses ``pairs.fold``; the ROC is
     downsampled to about ``roc_points`` points. A protocol without genuine (or without impostor)
-    pairs is not an error: accuracy, AUC and EER are None and ``reason`` says why.
+    pairs is not an error: accuracy, AUC and EER are None and ``reason`` says why. With ``labels`` (N,)
+    (each face's identity) and ``bootstrap`` rounds, ``tar_interval`` holds a 95% interval of each TAR
+    from a bootstrap over identities (:func:`~distill.evaluation.metrics.tar_interval`).
 
     Raises:
         ValueError: no pairs at all, or non-finite scores (NaN/inf embeddings).
@@ -93,11 +96,16 @@ def evaluate_pairs(emb: np.ndarray, pairs: PairIndex, normalized: bool, *, fars:
         warnings.append(f"only {100 * rare:.2g}% of the pairs are {'genuine' if same.mean() < 0.5 else 'impostor'}: "
                         f"accuracy mostly counts the other class (deciding all pairs alike scores "
                         f"{100 * (1 - rare):.2f}%); read TAR@FAR and EER")
+    interval = {}
+    if labels is not None and bootstrap > 0:
+        labels = np.asarray(labels)
+        found = metrics.tar_interval(scores, same, labels[pairs.idx_a], labels[pairs.idx_b], fars, rounds=bootstrap)
+        interval = {f: (None if v is None else list(v)) for f, v in found.items()}
     return VerificationResult(**common, accuracy_mean=kf.mean, accuracy_std=kf.std, fold_accuracies=kf.accuracies,
                               fold_thresholds=kf.thresholds, auc=metrics.auc(far, tar), eer=e, eer_threshold=e_thr,
                               tar_at_far=tars, tar_reasons=reasons, best_threshold=best_thr,
                               best_accuracy=best_acc, roc=_downsample_roc(far, tar, thr, roc_points),
-                              warnings=warnings)
+                              warnings=warnings, tar_interval=interval)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
