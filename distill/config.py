@@ -129,6 +129,13 @@ class StudentSettings(Section):
     embedding_dim: Optional[int] = Field(None, ge=2, description="default: the teacher's embedding dim")
     normalize: Optional[bool] = Field(None, description="L2-normalise output; default: as the teacher does")
     head_bn: bool = Field(True, description="BatchNorm1d after the embedding projection")
+    pool: Literal["avg", "gdconv"] = Field("avg", description=(
+        "how the MobileNet's last feature map becomes the embedding: global average pooling (the paper's) or "
+        "MobileFaceNet's global depthwise convolution (a learned k x k filter per channel; the student then "
+        "takes student.input_size only)"))
+    init: Optional[Path] = Field(None, description=(
+        "warm start: a student.pt (or a state dict) whose weights of matching name and shape start this student "
+        "(the body; the head when its shape matches, else a fresh head, said in the log); ignored on --resume"))
     options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the student")
 
 

@@ -37,7 +37,7 @@ from distill.evaluation import (DEFAULT_FARS, ModelResult, compare_runs, evaluat
 from distill.evaluation.evaluate import evaluate_model, train_fidelity
 from distill.io import atomic_write_json
 from distill.models import STUDENT_FILE, StudentSpec, display_name, load_embedder, onnx_cost, output_contract, \
-    save_student
+    save_student, warm_start
 from distill.plan import RunPlan, data_alignment, plan
 from distill.preflight import preflight
 from distill.preprocess import check_alignment, student_preprocessing
@@ -45,7 +45,7 @@ from distill.resolve import build_student, loss_from_config, student_spec_from_c
 from distill.rundir import prepare_run_dir, record_provenance
 from distill.train import OnlineTeacher, build_lookup_cache, build_teacher_cache, fit, init_from_env, seed_everything
 from distill.train import ddp
-from distill.train.target_scale import fold_target_scale, target_scale_for
+from distill.train.target_scale import fold_target_scale, target_scale_applies, target_scale_for
 
 Log = Callable[[str], None]
 
@@ -159,9 +159,14 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
                           f"{built_for} px; set student.input_size={built_for} or build the student for "
                           f"{cfg.student.input_size} px")
     pre = student_preprocessing(cfg.student.input_size, template)
+    if cfg.student.init is not None and not resume:
+        warm_start(student, cfg.student.init, log)
     spec = spec or StudentSpec.of(student)
     name = display_name(spec, student, cfg.student.input_size)
     student_dim, normalized = output_contract(student, cfg.student.input_size)
+    loss = loss_from_config(cfg.train.loss, student_dim=student_dim, teacher_dim=teacher.embedding_dim,
+                            teacher_normalized=teacher.normalized)
+    target_scale_applies(cfg.train.target_scale, student, loss)  # a contradiction fails here, before any data work
 
     if not env.is_main:
         ddp.barrier()  # rank 0 generates/aligns first; the others then read its caches
@@ -174,8 +179,6 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
 
     views = _views(train.faces, cfg, clean=not getattr(teacher, "can_embed", True))
     source = _teacher_source(teacher, views, train, cfg, log)
-    loss = loss_from_config(cfg.train.loss, student_dim=student_dim, teacher_dim=teacher.embedding_dim,
-                            teacher_normalized=teacher.normalized)
     scale = target_scale_for(cfg.train.target_scale, student, loss, source, views, seed=cfg.seed)
     if scale is not None:
         loss.set_target_scale(scale.shift, scale.scale)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill.config import Config
-from distill.models.student import STUDENT_FILE
+from distill.models.student import STUDENT_FILE, output_contract
 from distill.preflight import find_problems
 from distill.preprocess import AlignmentMismatchError
 from distill.profile import profile
@@ -85,12 +85,24 @@ class RunPlan:
         return "\n".join(lines + [f"  MISSING  {x}" for x in self.missing])
 
 
+def _check_target_scale(cfg: Config, teacher: Any, student: Any) -> None:
+    """``train.target_scale`` against the loss and student the config builds (ConfigError before any work)."""
+    from distill.resolve import loss_from_config
+    from distill.train.target_scale import target_scale_applies
+
+    dim, _ = output_contract(student, cfg.student.input_size)
+    loss = loss_from_config(cfg.train.loss, student_dim=dim, teacher_dim=teacher.embedding_dim,
+                            teacher_normalized=teacher.normalized)
+    target_scale_applies(cfg.train.target_scale, student, loss)
+
+
 def plan(cfg: Config) -> RunPlan:
     """The :class:`RunPlan` of ``cfg`` (the teacher is built without weights: architecture and cost only)."""
     teacher = teacher_architecture(cfg)
     template = data_alignment(cfg, teacher.preprocessing.alignment)
     spec = student_spec_from_config(cfg, teacher)
     student = build_student(spec)
+    _check_target_scale(cfg, teacher, student)
     t_cost, s_cost = profile(teacher, teacher.preprocessing.input_size), profile(student, cfg.student.input_size)
     missing = find_problems(cfg)
     from distill.data.prepare import source_kind  # every kind registered

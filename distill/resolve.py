@@ -71,6 +71,8 @@ def student_spec_from_config(cfg: Config, teacher: Any) -> "StudentSpec":
                   normalize=teacher.normalized if s.normalize is None else s.normalize, head_bn=s.head_bn)
     if s.alpha is not None:
         kwargs["alpha"] = s.alpha
+    if s.pool != "avg":  # recorded only when chosen: older student files and other students keep their kwargs
+        kwargs["pool"] = s.pool
     return StudentSpec(s.name, kwargs)
 
 

@@ -254,3 +254,26 @@ def test_distill_run_takes_an_onnx_teacher_from_four_declared_keys(tmp_path):
     np.testing.assert_allclose(emb.embed(faces).numpy(), reference(Tiny(), faces).numpy(), atol=1e-5)
     with pytest.raises(MissingInputError, match="does not exist"):
         load_embedder(f"teacher:{tmp_path / 'nope.yaml'}")
+
+
+def test_a_target_scale_the_teacher_contradicts_fails_before_any_data_work(tmp_path):
+    """Regression (SFace, 2026-12-06): train.target_scale=true with a normalised teacher failed only after an
+    80-minute teacher cache. The contradiction is a config error at --dry-run and at the start of a run."""
+    from test_reliability_helpers import QUICKSTART, run_cli_inprocess, set_args, tiny_overrides
+
+    path = export(Tiny(), tmp_path / "normalised.onnx")
+    sets = tiny_overrides(tmp_path / "cache", **{
+        "teacher.name": "onnx", "teacher.weights": str(path), "teacher.options.channels": "rgb",
+        "teacher.options.mean": "[127.5,127.5,127.5]", "teacher.options.std": "[127.5,127.5,127.5]",
+        "teacher.options.alignment": "arcface_112", "teacher.options.normalize": "true",
+        "train.target_scale": "true"})
+    for extra in (["--dry-run"], []):
+        rc, out, err = run_cli_inprocess(["run", str(QUICKSTART), *set_args(sets), "--out", str(tmp_path / "r"),
+                                          *extra])
+        assert rc == 2 and "train.target_scale=true needs raw targets" in err, (extra, err[-1500:])
+    assert not (tmp_path / "cache" / "teacher").exists() and not (tmp_path / "cache" / "aligned").exists()
+    # the remedy the message names works: raw targets and a raw student
+    fixed = sets + ["train.loss.normalize=false", "student.normalize=false"]
+    rc, out, err = run_cli_inprocess(["run", str(QUICKSTART), *set_args(fixed), "--out", str(tmp_path / "r"),
+                                      "--dry-run"])
+    assert rc == 0, err[-1500:]

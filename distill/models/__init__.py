@@ -16,12 +16,12 @@ from .exported import (INPUT_DOC, INPUT_NAME, METADATA_FORMAT, METADATA_KEY, OUT
                        student_embedder)
 from .load import TEACHER_PREFIX, load_embedder
 from .student import (STUDENT_FILE, STUDENT_FORMAT, SavedStudent, StudentFileError, StudentSpec, display_name,
-                      load_student, output_contract, read_student_record, save_student)
+                      load_student, output_contract, read_student_record, save_student, warm_start)
 
 __all__ = [
     "load_embedder", "TEACHER_PREFIX",
     "StudentSpec", "SavedStudent", "save_student", "load_student", "read_student_record", "output_contract",
-    "display_name", "StudentFileError", "STUDENT_FILE", "STUDENT_FORMAT",
+    "display_name", "StudentFileError", "STUDENT_FILE", "STUDENT_FORMAT", "warm_start",
     "OnnxEmbedder", "TorchScriptEmbedder", "StudentEmbedder", "ExportModel", "ExportError", "export_graph",
     "load_export_model", "student_embedder", "read_metadata", "flat_metadata", "preprocessing_of", "model_identity",
     "onnx_latency", "onnx_cost", "METADATA_FORMAT", "METADATA_KEY", "INPUT_NAME", "OUTPUT_NAME", "INPUT_DOC",

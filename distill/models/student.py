@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -245,3 +245,39 @@ def load_student(path: str | Path, module: nn.Module | None = None) -> SavedStud
         dim, normalized = output_contract(module, pre.input_size)
         record = dict(record, embedding_dim=dim, normalized=record.get("normalized", normalized))
     return SavedStudent(module, spec, pre, record)
+
+
+def warm_start(student: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start ``student`` from the weights in ``path`` (``student.init``): a student file of ours (student.pt) or
+    a plain state dict (``.pt``, optionally under ``"state_dict"``). Every parameter and buffer whose name and
+    shape match is copied; the rest (a head of another dimension, another width) keeps its fresh
+    initialisation, and the log says which groups those were. Returns ``{"loaded": n, "fresh": [names]}``.
+
+    Raises:
+        MissingInputError: no such file. StudentFileError: not a checkpoint, or nothing in it fits ``student``
+            (another architecture): the message names both.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"student.init: {path} does not exist (a student.pt a run wrote, or a state dict)")
+    try:
+        record = safe_torch_load(path)
+    except ModelFileError as e:
+        raise StudentFileError(f"student.init: {path} is not a loadable checkpoint: it is {e.what}") from None
+    if isinstance(record, dict) and record.get("format") in (STUDENT_FORMAT, *LEGACY_FORMATS):
+        theirs = _upgrade(record)["state_dict"]
+    else:
+        theirs = record.get("state_dict", record) if isinstance(record, dict) else None
+    if not isinstance(theirs, dict) or not all(isinstance(v, torch.Tensor) for v in theirs.values()):
+        raise StudentFileError(f"student.init: {path} holds no state dict of tensors (give a student.pt or a .pt "
+                               "saved from model.state_dict())")
+    mine = student.state_dict()
+    fits = {k: v for k, v in theirs.items() if k in mine and tuple(v.shape) == tuple(mine[k].shape)}
+    if not fits:
+        raise StudentFileError(f"student.init: no weight of {path} fits {type(student).__name__} (different "
+                               "architecture or width); start from a student of the same kind")
+    student.load_state_dict(fits, strict=False)
+    fresh = sorted({k.split(".")[0] for k in mine if k not in fits})
+    log(f"student.init: {len(fits)} of {len(mine)} tensors from {path}"
+        + (f"; fresh (no match in the file): {', '.join(fresh)}" if fresh else ""))
+    return {"loaded": len(fits), "fresh": fresh}

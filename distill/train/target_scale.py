@@ -99,13 +99,24 @@ def target_scale_for(setting: bool | None, student: nn.Module, loss: Any, source
         ConfigError: ``train.target_scale=true`` but the targets are normalised, a projection is used, or
             the student has no raw embedding head.
     """
+    if not target_scale_applies(setting, student, loss):
+        return None
+    return measure_target_scale(source, views, seed=seed)
+
+
+def target_scale_applies(setting: bool | None, student: nn.Module, loss: Any) -> bool:
+    """Whether :func:`target_scale_for` will standardise the targets (cheap: no data; call it before any).
+
+    Raises:
+        ConfigError: ``train.target_scale=true`` where it cannot apply (names the keys to change).
+    """
     from distill.config import ConfigError
 
     possible = not loss.normalize and loss.projection is None and can_fold(student)
     if setting is False or (setting is None and not possible):
-        return None
+        return False
     if not possible:
         raise ConfigError("train.target_scale=true needs raw targets (train.loss.normalize false), no projection "
                           "(student.embedding_dim = the teacher's) and a student with a raw embedding head "
-                          "(student.normalize false); set train.target_scale=false or null")
-    return measure_target_scale(source, views, seed=seed)
+                          "(student.normalize false); set those, or train.target_scale=false or null")
+    return True
