@@ -2,7 +2,9 @@
 
 The body is the paper's Table 1: a standard 3x3/2 convolution, then 13
 depthwise-separable layers; the width multiplier ``alpha`` thins every layer,
-and the resolution multiplier is the input size itself.
+and the resolution multiplier is the input size itself. The embedding is taken from
+the last feature map by global average pooling (``pool="avg"``, the paper's) or by
+MobileFaceNet's global depthwise convolution (``pool="gdconv"``, :class:`GDConv`).
 """
 from __future__ import annotations
 
@@ -58,6 +60,30 @@ class DepthwiseSeparable(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
+def feature_side(input_size: int) -> int:
+    """Side (px) of the last feature map for a square ``input_size`` input: the stem and every stride-2 block
+    halve it, rounding up (3x3 kernels, padding 1)."""
+    side = (input_size - 1) // 2 + 1
+    for _, stride in MOBILENET_V1_BODY:
+        if stride == 2:
+            side = (side - 1) // 2 + 1
+    return side
+
+
+class GDConv(nn.Sequential):
+    """Global depthwise convolution (MobileFaceNet, Chen et al. 2018, section 3.2): one ``side x side``
+    depthwise filter per channel over the whole last feature map, then BatchNorm, instead of average pooling:
+    each channel learns which positions of the face matter (the corners of a face crop are not its centre).
+    ``(B, C, side, side)`` -> ``(B, C, 1, 1)``; ``side * side * C`` mult-adds."""
+
+    def __init__(self, channels: int, side: int) -> None:
+        super().__init__(nn.Conv2d(channels, channels, side, groups=channels, bias=False), nn.BatchNorm2d(channels))
+
+
+#: how the last feature map becomes one vector
+POOLS = ("avg", "gdconv")
+
+
 class MobileNet(HeadContract, nn.Module):
     """MobileNet v1 with a face-embedding head (default) or the paper's classifier head.
 
@@ -68,9 +94,11 @@ class MobileNet(HeadContract, nn.Module):
         num_classes: build the 1000-way classifier head instead (cost checks against the paper).
         normalize: L2-normalise the embedding (match the teacher's convention).
         head_bn: BatchNorm1d after the embedding projection.
+        pool: ``"avg"`` (global average pooling, the paper's) or ``"gdconv"`` (:class:`GDConv`, sized for
+            ``input_size``: the network then takes that size only).
 
     Raises:
-        ValueError: alpha outside (0, 4] or input_size below 32 pixels.
+        ValueError: alpha outside (0, 4], input_size below 32 pixels, or an unknown pool.
 
     Example::
 
@@ -80,8 +108,10 @@ class MobileNet(HeadContract, nn.Module):
 
     def __init__(self, alpha: float = 1.0, input_size: int = 160, embedding_dim: int | None = 128,
                  num_classes: int | None = None, normalize: bool = True, head_bn: bool = True,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, pool: str = "avg") -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         if not 0 < alpha <= 4:
             raise ValueError(f"alpha must be in (0, 4], got {alpha}")
         if input_size < 32:  # five stride-2 stages: a 32 px input ends at 1x1
@@ -96,7 +126,7 @@ class MobileNet(HeadContract, nn.Module):
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.num_features = cin
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else GDConv(cin, feature_side(input_size))
         self.head = make_head(cin, embedding_dim=None if num_classes else embedding_dim,
                               num_classes=num_classes, normalize=normalize, head_bn=head_bn, dropout=dropout)
         self._init_weights()
