@@ -62,9 +62,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         r["params_h"], r["mult_adds_h"] = _fmt_millions(r["params"]), _fmt_millions(r["mult_adds"])
-    print_table(rows, [("kind", "kind"), ("name", "name"), ("params_h", "params"), ("mult_adds_h", "mult-adds"),
-                       ("input_size", "input"), ("output_dim", "dim"), ("preprocessing", "preprocessing"),
-                       ("description", "description")])
+    shown = [{**r, **{k: "n/a" for k in ("input_size", "output_dim") if r.get(k) is None}} for r in rows]
+    print_table(shown, [("kind", "kind"), ("name", "name"), ("params_h", "params"), ("mult_adds_h", "mult-adds"),
+                        ("input_size", "input"), ("output_dim", "dim"), ("preprocessing", "preprocessing"),
+                        ("description", "description")])
     return 0
 
 

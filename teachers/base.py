@@ -8,10 +8,8 @@ whether its embeddings are L2-normalised.
 
 Example: a custom teacher from any module or callable::
 
+    from distill.preprocess import Preprocessing
     from teachers import CallableTeacher
-    from distill.fingerprint import state_digest
-from distill.hardware import resolve_precision
-from distill.preprocess import Preprocessing
 
     teacher = CallableTeacher(
         my_net,                      # (B,3,S,S) normalised float -> (B,D)

@@ -58,3 +58,10 @@ def test_profile_says_which_width_it_measured() -> None:
 def test_head_options_are_exclusive() -> None:
     res = run_cli("profile", "mobilenet_v1", "--num-classes", "10", "--embedding-dim", "64")
     assert res.returncode == 2
+
+
+def test_models_text_says_n_a_for_what_a_file_only_teacher_cannot_know() -> None:
+    res = run_cli("models")
+    assert res.returncode == 0, res.stderr
+    onnx = next(line for line in res.stdout.splitlines() if line.split()[:2] == ["teacher", "onnx"])
+    assert "None" not in onnx and "declared in teacher.options" in onnx
