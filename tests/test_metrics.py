@@ -215,3 +215,29 @@ def test_evaluate_pairs_reports_the_interval_when_given_identities():
     from distill.evaluation.render import _tar_cell
     cell = _tar_cell(res, 1e-2)
     assert cell["text"].endswith("]") and "[" in cell["text"] and "bootstrap over identities" in cell["title"]
+
+
+def _tar_interval_reference(scores, same, ia, ib, far, rounds, seed=0):
+    """The subsets bootstrap written plainly: every pair weighted every round (what the fast path must equal)."""
+    ids, inv = np.unique(np.r_[ia, ib], return_inverse=True)
+    a, b = inv[:len(scores)], inv[len(scores):]
+    on, op = np.argsort(-scores[~same], kind="stable"), np.argsort(-scores[same], kind="stable")
+    sn, an, bn = scores[~same][on], a[~same][on], b[~same][on]
+    sp, ap = scores[same][op], a[same][op]
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(rounds):
+        k = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)).astype(float)
+        fc = np.cumsum(k[an] * k[bn]) / (k[an] * k[bn]).sum()
+        tc = np.cumsum(k[ap]) / k[ap].sum()
+        j = int(np.searchsorted(fc, far + 1e-12, side="right"))
+        n = int(np.searchsorted(-sp, -(sn[j] if j < len(sn) else -np.inf), side="left"))
+        out.append(tc[n - 1] if n else 0.0)
+    return tuple(np.percentile(out, [2.5, 97.5]))
+
+
+def test_tar_interval_fast_path_equals_the_plain_bootstrap():
+    from distill.evaluation.metrics import tar_interval
+
+    scores, same, ia, ib = _people(150, 6, person_effect=1.0, seed=3)   # 160k impostors: the top-of-ranking path
+    fast = tar_interval(scores, same, ia, ib, (1e-3,), rounds=40)[1e-3]
+    assert np.allclose(fast, _tar_interval_reference(scores, same, ia, ib, 1e-3, 40), rtol=0, atol=1e-12)

@@ -196,13 +196,26 @@ def tar_interval(scores: np.ndarray, same: np.ndarray, id_a: np.ndarray, id_b: n
     s_pos, a_pos = scores[same][g_order], ia[same][g_order]
     wanted = [f for f in fars if neg.sum() >= min_impostors_for_far(f) and same.any()]
     samples: dict[float, list[float]] = {f: [] for f in wanted}
+    # the total impostor weight from each pair of people's count (not from every pair), and the threshold from the
+    # top of the impostor ranking only: a round costs O(people pairs + top), not O(all pairs)
+    keys = a_neg.astype(np.int64) * len(ids) + b_neg
+    if len(ids) ** 2 <= 50_000_000:  # count into a dense grid of people pairs: no sort of every pair
+        grid = np.bincount(keys, minlength=len(ids) ** 2)
+        pair_key = np.flatnonzero(grid)
+        pair_n = grid[pair_key]
+    else:
+        pair_key, pair_n = np.unique(keys, return_counts=True)
+    pa, pb = pair_key // len(ids), pair_key % len(ids)
+    top = min(len(s_neg), max(20_000, int(8 * max(wanted, default=0) * len(s_neg))))
     rng = np.random.default_rng(seed)
     for _ in range(rounds if wanted else 0):
         k = np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)).astype(np.float64)
-        w_neg, w_pos = k[a_neg] * k[b_neg], k[a_pos]
-        if w_neg.sum() == 0 or w_pos.sum() == 0:
+        total, w_pos = float((pair_n * k[pa] * k[pb]).sum()), k[a_pos]
+        if total == 0 or w_pos.sum() == 0:
             continue
-        far_c = np.cumsum(w_neg) / w_neg.sum()       # FAR when accepting the top j+1 impostors
+        far_c = np.cumsum(k[a_neg[:top]] * k[b_neg[:top]]) / total  # FAR when accepting the top j+1 impostors
+        if far_c[-1] < max(wanted) and top < len(s_neg):  # this draw thinned the top: rank every impostor
+            far_c = np.cumsum(k[a_neg] * k[b_neg]) / total
         tar_c = np.cumsum(w_pos) / w_pos.sum()
         for f in wanted:
             j = int(np.searchsorted(far_c, f + 1e-12, side="right"))  # impostors that may be accepted
