@@ -93,15 +93,19 @@ def train_fidelity(student: Any, teacher: Any, faces: Any, *, sample: int = 1000
     ``faces``: the training faces ``(N, S, S, 3)`` uint8 (a memmap or a lazy array); ``project`` maps the
     student's embeddings into the teacher's space when a head was learned. Returns the
     :class:`~distill.evaluation.results.FidelityResult` as a dict plus ``"sample"``, or None for a teacher
-    that cannot embed (precomputed) or embeddings of another dimension.
+    that cannot embed (precomputed), embeddings of another dimension, or a sample with a face either model
+    embeds as non-finite (the run's training already skipped such faces and counted them).
     """
     if sample <= 0 or not getattr(teacher, "can_embed", True) or len(faces) == 0:
         return None
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(faces), min(sample, len(faces)), replace=False))
     crops = np.stack([np.asarray(faces[int(i)]) for i in idx])
-    t = extract_embeddings(teacher, crops, batch_size=batch_size)
-    s = extract_embeddings(student, crops, batch_size=batch_size)
+    try:
+        t = extract_embeddings(teacher, crops, batch_size=batch_size)
+        s = extract_embeddings(student, crops, batch_size=batch_size)
+    except FloatingPointError:  # a face some model cannot embed (training skipped it too): no diagnostic
+        return None
     s = project(s) if project is not None else s
     if s.shape != t.shape:
         return None
