@@ -67,7 +67,7 @@ import numpy as np
 from distill import io as dio
 from distill.data import imageio
 from distill.data.templates import (TEMPLATE_SIZE, TEMPLATE_VERSION, Face, center_face, crop_face, reframe_crop,
-                                    reframe_matrix, select_face)
+                                    reframe_matrix, resize_square, select_face)
 from distill.preprocess import ALIGNMENTS
 
 BACKENDS = ("dlib", "mtcnn", "yunet", "none")
@@ -361,10 +361,7 @@ def make_landmarker(backend: str, device: str = "cpu") -> DlibLandmarker | MTCNN
 
 def resize_crop(img: np.ndarray, size: int) -> np.ndarray:
     """Backend ``none``: an already-aligned crop, resized to the template size."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return np.ascontiguousarray(img)
-    interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
+    return resize_square(img, size)
 
 
 # --------------------------------------------------------------------------- results

@@ -279,6 +279,15 @@ def reframe_matrix(src: str, dst: str) -> np.ndarray:
     return similarity_transform(TEMPLATE_POINTS[src], TEMPLATE_POINTS[dst])
 
 
+def resize_square(crop: np.ndarray, size: int) -> np.ndarray:
+    """An aligned crop resized to ``size x size`` (area filter when shrinking, bilinear when growing; as is
+    when it already has that size)."""
+    if crop.shape[0] == size and crop.shape[1] == size:
+        return np.ascontiguousarray(crop)
+    interp = cv2.INTER_AREA if max(crop.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
 def reframe_crop(crop: np.ndarray, src: str, dst: str) -> np.ndarray:
     """A uint8 ``(H, W, 3)`` crop aligned to template ``src`` (any size: scaled to the template's first)
     -> the ``(S, S, 3)`` crop of template ``dst``: resized when ``src == dst``, else warped by
@@ -288,10 +297,7 @@ def reframe_crop(crop: np.ndarray, src: str, dst: str) -> np.ndarray:
         ReframeError: no 5-point transform joins the two templates."""
     size = TEMPLATE_SIZE[dst]
     if src == dst:
-        if crop.shape[0] == size and crop.shape[1] == size:
-            return np.ascontiguousarray(crop)
-        interp = cv2.INTER_AREA if max(crop.shape[:2]) > size else cv2.INTER_LINEAR
-        return cv2.resize(crop, (size, size), interpolation=interp)
+        return resize_square(crop, size)
     m = reframe_matrix(src, dst)
     s = TEMPLATE_SIZE[src]
     if crop.shape[0] != s or crop.shape[1] != s:  # fold the crop's own scale into the transform
