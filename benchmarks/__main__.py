@@ -7,7 +7,8 @@ Usage::
     .venv/bin/python -m benchmarks --sections inference,speedup
     .venv/bin/python -m benchmarks --eval-grid 10k:128+512,100k:128+512,1M:128+512   # the whole search grid
 
-Sections: inference, speedup, dlib_port, training, evaluation, memory, export, deployed, alignment, recordio. Each runs in turn with
+Sections: inference, speedup, dlib_port, training, evaluation, memory, export, deployed, alignment, recordio,
+leak_guard. Each runs in turn with
 progress on stdout; the JSON (and the markdown) are rewritten atomically after every section, so
 a long run that is stopped keeps what it measured. A section that fails is reported in both
 files and makes the exit status 1.
@@ -147,10 +148,16 @@ def run_recordio(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[s
     return bench_recordio(quick=args.quick, log=log)
 
 
+def run_leak_guard(args: argparse.Namespace, doc: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    from benchmarks.leak_guard import bench_leak_guard
+
+    return bench_leak_guard(quick=args.quick, log=log)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Callable[[str], None]], dict[str, Any]]] = {
     "inference": run_inference, "speedup": run_speedup, "dlib_port": run_dlib_port, "training": run_training,
     "evaluation": run_evaluation, "memory": run_memory, "export": run_export, "deployed": run_deployed,
-    "alignment": run_alignment, "recordio": run_recordio}
+    "alignment": run_alignment, "recordio": run_recordio, "leak_guard": run_leak_guard}
 
 
 # --------------------------------------------------------------------------- main

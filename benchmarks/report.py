@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "deployed": "8. Deployed speed-up: teacher and students in onnxruntime",
     "alignment": "9. Face alignment of large photos",
     "recordio": "10. RecordIO reading and the teacher cache at MS1MV2 scale",
+    "leak_guard": "11. The leak guard: planted leaks caught against innocent images excluded, and its cost",
 }
 #: approximate search goal at 1M: recall@1 >= this ...
 SEARCH_RECALL_GOAL = 0.99
@@ -403,9 +404,15 @@ def md_recordio(r: dict[str, Any]) -> str:
     return to_markdown(r)
 
 
+def md_leak_guard(r: dict[str, Any]) -> str:
+    from benchmarks.leak_guard import to_markdown
+
+    return to_markdown(r)
+
+
 RENDER = {"inference": md_inference, "dlib_port": md_dlib_port, "training": md_training,
           "evaluation": md_evaluation, "memory": md_memory, "export": md_export, "deployed": md_deployed,
-          "alignment": md_alignment, "recordio": md_recordio}
+          "alignment": md_alignment, "recordio": md_recordio, "leak_guard": md_leak_guard}
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

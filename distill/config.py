@@ -69,10 +69,71 @@ class AugmentSettings(Section):
         "probability that a view pastes a rectangle of another training face (the teacher labels it)"))
 
 
+class SourceSettings(Section):
+    """One entry of ``data.sources``: a training source with its own options (unset ones follow ``data``)."""
+    kind: Literal["folder", "unlabelled", "synthetic", "recordio"] = Field(..., description=(
+        "'folder': an identity tree root/<person>/<image> (split identity-disjointly like data.source folder); "
+        "'unlabelled': a flat or nested folder of face photos, any depth, no identities (training only); "
+        "'synthetic': the offline generator (data.synthetic); 'recordio': an insightface .rec set"))
+    root: Optional[Path] = Field(None, description="the source's folder (or .rec); not used by synthetic")
+    name: Optional[str] = Field(None, description=(
+        "the source's name in the log, data_record.json and the report (default: its folder's name, or kind)"))
+    aligned: Optional[Literal[ALIGNMENTS]] = Field(None, description=(  # type: ignore[valid-type]
+        "the images are crops aligned to this template already (as data.aligned)"))
+    align_backend: Optional[Literal["dlib", "mtcnn", "yunet", "none"]] = Field(None, description=(
+        "landmark detector for this source (default: data.align_backend)"))
+    no_face: Optional[Literal["center", "skip"]] = Field(None, description=(
+        "images where no face is found (default: data.no_face)"))
+    max_images: Optional[int] = Field(None, ge=1, description="a seeded cap on this source's training images")
+    share: Optional[float] = Field(None, gt=0, le=1, description=(
+        "this source's expected fraction of every epoch's samples (the rest split over sources without a share "
+        "in proportion to their images); default: in proportion to its images"))
+
+    @field_validator("name")
+    @classmethod
+    def _simple_name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (not v or any(c in v for c in "/\\\0:")):
+            raise ValueError("must be a non-empty name without slashes or colons")
+        return v
+
+    @model_validator(mode="after")
+    def _root_given(self) -> "SourceSettings":
+        if self.kind != "synthetic" and self.root is None:
+            raise ValueError(f"a {self.kind} source needs root (its folder)")
+        return self
+
+
+class LeakGuardSettings(Section):
+    """``data.leak_guard``: the check that no training image shows a person or photo the evaluation tests on."""
+    policy: Optional[Literal["exclude", "warn", "off"]] = Field(None, description=(
+        "exclude: leave flagged training images out (default when the run has evaluation protocols); warn: "
+        "train on them, say so in the log, record and report; off: no check (the record then says the "
+        "protocol's identity-disjointness was not checked)"))
+    innocent_rate: float = Field(0.02, gt=0, lt=0.5, description=(
+        "sets the same-person rule's threshold: the (1 - innocent_rate) quantile of the evaluation images' own "
+        "best score against the other evaluation people. Measured on planted LFW leaks (BENCHMARKS.md section "
+        "11, dlib): 0.02 excluded 0.92% of innocent images and caught 78.7% of planted ones (0.01: 0.47% and "
+        "71.8%); a domain the evaluation set barely covers (children) is excluded more often"))
+    near_duplicate_bits: int = Field(6, ge=0, le=32, description=(
+        "near-identical images: aligned faces whose 64-bit perceptual hashes (DCT) differ in at most this "
+        "many bits and that the teacher scores as the same person (aligned faces share a layout: a hash alone "
+        "joins different people; without embeddings, at most 2 bits)"))
+    near_duplicate_cosine: float = Field(0.98, gt=0, le=1, description=(
+        "near-identical images: teacher-embedding cosine at or above this"))
+    examples: int = Field(8, ge=0, le=100, description="flagged pairs shown as thumbnails in leak_guard.png")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+
 class DataSettings(Section):
     """``data``: where training faces come from, how they are split, aligned and cached."""
-    source: Literal["synthetic", "folder", "recordio"] = Field("synthetic", description=(
+    source: Literal["synthetic", "folder", "unlabelled", "recordio"] = Field("synthetic", description=(
         "'synthetic': generate identities offline (the embedded default); 'folder': an identity-folder tree; "
+        "'unlabelled': a flat or nested folder of face photos without identities (evaluate with eval.pairs and "
+        "eval.images_root); "
         "'recordio': an insightface/MXNet RecordIO set (train.rec + train.idx + property: MS1MV2, Glint360K), "
         "read in place, its crops arcface_112 unless data.aligned says otherwise"))
     root: Optional[Path] = Field(None, description=(
@@ -98,6 +159,36 @@ class DataSettings(Section):
         "images where no face is found: centre crop (counted and reported) or skip"))
     cache_dir: Path = Field(Path(".cache/facedistill"), description="aligned-face and teacher-embedding caches")
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
+    sources: list[SourceSettings] = Field(default_factory=list, description=(
+        "several training sources in one run, each {kind, root, ...} (data.sources[].*); instead of "
+        "data.source/data.root. Identity splits and exclude_identities_in apply to folder sources; unlabelled "
+        "images are training-only"))
+    leak_guard: LeakGuardSettings = Field(default_factory=LeakGuardSettings)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self) -> "DataSettings":
+        if self.sources and ({"source", "root", "aligned"} & self.model_fields_set):
+            given = ", ".join(f"data.{k}" for k in ("source", "root", "aligned") if k in self.model_fields_set)
+            raise ValueError(f"data.sources lists the training sources; {given} would name another: move it into "
+                             f"an entry of data.sources ({{kind, root, aligned}}) or drop data.sources")
+        names = [s.name or (s.root.name if s.root is not None else s.kind) for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources: two sources have the name {sorted(n for n in names if names.count(n) > 1)[0]!r}; "
+                             f"give each a distinct name (data.sources[].name)")
+        if sum(s.share or 0 for s in self.sources) > 1 + 1e-9:
+            raise ValueError("data.sources[].share: the shares add up to more than 1")
+        return self
+
+    def source_list(self) -> list[SourceSettings]:
+        """The training sources: ``sources``, or the one ``source``/``root`` names (configs without a list)."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceSettings(kind=self.source, root=self.root, aligned=self.aligned,
+                               name=self.root.name if self.root is not None else self.source)]
+
+    def source_name(self, source: SourceSettings) -> str:
+        """The name of one of :meth:`source_list` (its own, else its folder's name, else its kind)."""
+        return source.name or (source.root.name if source.root is not None else source.kind)
     workers: int = Field(0, ge=0, le=64, description=(
         "worker processes for face alignment and for the training DataLoader's augmentation "
         "(0 = in the main process). On 2 cores, 2 workers aligned large photos 6.6x "
@@ -211,6 +302,14 @@ def _loss_term(name: str, value: Any) -> Any:
     return {"weight": float(weight), **options} if options else float(weight)
 
 
+class ResolutionSchedule(Section):
+    """``train.resolution``: train the first part of the budget at a lower input size, finish at the target."""
+    size: int = Field(..., ge=32, le=512, description=(
+        "input side of the early steps (the batch is resized from student.input_size, antialiased)"))
+    fraction: float = Field(0.7, gt=0, lt=1, description=(
+        "share of the step budget trained at size; the rest (and every evaluation) at student.input_size"))
+
+
 class TrainSettings(Section):
     """``train``: teacher mode, schedule, optimiser, precision, budget, checkpoints and the loss."""
     teacher_mode: Literal["online", "cached"] = Field("online", description=(
@@ -249,6 +348,10 @@ class TrainSettings(Section):
         "the raw weights (null = off)"))
     nonfinite: Literal["stop", "skip"] = Field("stop", description=(
         "non-finite loss: stop keeping the last good checkpoint, or skip the batch"))
+    resolution: Optional[ResolutionSchedule] = Field(None, description=(
+        "a resolution schedule {size, fraction}: smaller inputs make faster steps early, the target size the "
+        "last ones (Touvron et al. 2019, FixRes: train and test sizes should meet at the end); the saved student "
+        "runs at student.input_size. Not with student.pool: gdconv (its filter is sized for one input)"))
     loss: LossSettings = Field(default_factory=LossSettings)
 
 
@@ -513,7 +616,7 @@ def expand_env(value: Any) -> Any:
 
 
 #: keys whose values are paths a run reads: relative values in a config file are read from the file's folder
-INPUT_PATH_KEYS = ("data.root", "data.exclude_identities_in", "eval.images_root", "eval.pairs", "teacher.weights")
+INPUT_PATH_KEYS = ("data.root", "data.sources", "data.exclude_identities_in", "eval.images_root", "eval.pairs", "teacher.weights")
 #: the path rule, stated wherever a path is reported missing
 PATH_RULE = ("relative paths in a config file are read from the config file's folder (those from an environment "
              "variable, and --set values, from the working folder); out and data.cache_dir are relative to the "
@@ -547,6 +650,9 @@ def anchor_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
             data["root"] = fix(data["root"])
         if isinstance(data.get("exclude_identities_in"), list):
             data["exclude_identities_in"] = [fix(v) for v in data["exclude_identities_in"]]
+        if isinstance(data.get("sources"), list):
+            data["sources"] = [{k: fix(v) if k == "root" else v for k, v in item.items()} if isinstance(item, dict)
+                               else item for item in data["sources"]]
     if ev is not None:
         if "images_root" in ev:
             ev["images_root"] = fix(ev["images_root"])

@@ -36,6 +36,7 @@ from distill.evaluation import (DEFAULT_FARS, ModelResult, compare_runs, evaluat
                                 measure_cost, summary_table, write_reports)
 from distill.evaluation.evaluate import evaluate_model, train_fidelity
 from distill.io import atomic_write_json
+from distill.leakcheck import annotate_split, guard_summary, guard_training_set, needs_guard_first
 from distill.models import STUDENT_FILE, StudentSpec, display_name, load_embedder, onnx_cost, output_contract, \
     save_student, warm_start
 from distill.plan import RunPlan, data_alignment, plan
@@ -45,6 +46,7 @@ from distill.resolve import build_student, loss_from_config, student_spec_from_c
 from distill.rundir import prepare_run_dir, record_provenance
 from distill.train import OnlineTeacher, build_lookup_cache, build_teacher_cache, fit, init_from_env, seed_everything
 from distill.train import ddp
+from distill.train.schedule import resolution_applies
 from distill.train.target_scale import fold_target_scale, target_scale_applies, target_scale_for
 
 Log = Callable[[str], None]
@@ -93,10 +95,28 @@ def _teacher_source(teacher: Any, views: FaceViews, train: TrainData, cfg: Confi
     return OnlineTeacher(teacher)
 
 
-def _views(faces: np.ndarray, cfg: Config, clean: bool = False) -> FaceViews:
-    """The training views: seeded augmentation, and two-face mixes when the config asks for them."""
-    return FaceViews(faces, build_augmentation(cfg.data.augment), seed=cfg.seed, clean_view0=clean,
-                     mix=build_mix(cfg.data.augment))
+def _views(train: TrainData, cfg: Config, clean: bool = False) -> FaceViews:
+    """The training views: seeded augmentation, two-face mixes when the config asks for them, and each
+    source's share of an epoch (``data.sources``)."""
+    return FaceViews(train.faces, build_augmentation(cfg.data.augment), seed=cfg.seed, clean_view0=clean,
+                     mix=build_mix(cfg.data.augment), groups=train.groups, shares=train.shares)
+
+
+def _guarded(teacher: Any, train: TrainData, evald: EvalData, cfg: Config, run_dir: Path | None, resume: bool,
+             log: Log) -> tuple[FaceViews, Any, dict[str, Any]]:
+    """The training views and teacher source after the leak guard, and the data record (written to
+    ``run_dir/data_record.json`` with every flagged file)."""
+    views = _views(train, cfg, clean=not getattr(teacher, "can_embed", True))
+    first = needs_guard_first(cfg, evald, views)  # views that mix faces: exclusions before views and cache
+    guard = guard_training_set(cfg, teacher, train, evald, views,
+                               None if first else _teacher_source(teacher, views, train, cfg, log),
+                               run_dir, resume=resume, log=log)
+    source = guard.source if guard.source is not None else _teacher_source(teacher, guard.views, train, cfg, log)
+    record = {"train": annotate_split(train.record, guard.record), "eval": evald.record,
+              "leak_guard": guard_summary(guard.record)}
+    if run_dir is not None:
+        atomic_write_json(run_dir / "data_record.json", {**record, "leak_guard": guard.record})
+    return guard.views, source, record
 
 
 def _curve_fn(evald: EvalData, embedder: ModuleEmbedder, cfg: Config) -> Callable[[nn.Module], dict[str, float]] | None:
@@ -167,6 +187,7 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
     loss = loss_from_config(cfg.train.loss, student_dim=student_dim, teacher_dim=teacher.embedding_dim,
                             teacher_normalized=teacher.normalized)
     target_scale_applies(cfg.train.target_scale, student, loss)  # a contradiction fails here, before any data work
+    resolution_applies(cfg.train.resolution, student, cfg.student.input_size)
 
     if not env.is_main:
         ddp.barrier()  # rank 0 generates/aligns first; the others then read its caches
@@ -177,8 +198,7 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
         atomic_write_json(run_dir / "data_record.json", {"train": train.record, "eval": evald.record})
         ddp.barrier()
 
-    views = _views(train.faces, cfg, clean=not getattr(teacher, "can_embed", True))
-    source = _teacher_source(teacher, views, train, cfg, log)
+    views, source, data_record = _guarded(teacher, train, evald, cfg, run_dir if env.is_main else None, resume, log)
     scale = target_scale_for(cfg.train.target_scale, student, loss, source, views, seed=cfg.seed)
     if scale is not None:
         loss.set_target_scale(scale.shift, scale.scale)
@@ -215,7 +235,7 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
                          extra={"train": train_info, "curve": result.evals, "fidelity_train": fid_train})
     results.append(s_res)
     report = write_reports(run_dir, results, cfg.model_dump(mode="json"),
-                           {"train": train_info, "data": {"train": train.record, "eval": evald.record},
+                           {"train": train_info, "data": data_record,
                             "provenance": provenance, "wall_minutes": round((time.monotonic() - t_start) / 60, 2)})
     log(summary_table(results, report["html"]))
     return RunSummary(run_dir, train_info, student_path, report, results)
@@ -244,7 +264,7 @@ def cache_teacher(cfg: Config, log: Log = print) -> Any:
     teacher = teacher_from_config(cfg)
     template = data_alignment(cfg, teacher.preprocessing.alignment)
     train = prepare_train(cfg, template, log)
-    views = _views(train.faces, cfg)
+    views = _views(train, cfg)
     cache = build_teacher_cache(teacher, views, cfg.train.cache_views, cfg.data.cache_dir / "teacher",
                                 batch_size=cfg.teacher.batch_size, workers=cfg.data.workers, log=log,
                                 dtype=cfg.train.cache_dtype, per_rank=cfg.train.cache_shards == "per_rank")

@@ -77,12 +77,23 @@ class RunPlan:
                  f"  student  {s['name']}: {s.get('input_size')}px, {s.get('embedding_dim')}-D; "
                  f"{m(s['params'])} params, {m(s['mult_adds'])} mult-adds "
                  f"({_relative_cost(self.mult_adds_ratio)})",
-                 "  data     " + ", ".join(f"{k}={v}" for k, v in self.data.items()),
+                 *_data_lines(self.data),
                  "  train    " + ", ".join(f"{k}={v}" for k, v in self.train.items() if k != "loss")
                  + f"; loss {loss}",
                  "  eval     " + (", ".join(self.eval) or "(no protocols: set eval.pairs or data.holdout_fraction)"),
                  "  outputs  " + ", ".join(f"{k}: {v}" for k, v in self.outputs.items())]
         return "\n".join(lines + [f"  MISSING  {x}" for x in self.missing])
+
+
+def _data_lines(data: dict[str, Any]) -> list[str]:
+    """The plan's data line, one line per source when there are several (``data.sources``)."""
+    flat = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
+    rest = {k: v for k, v in data.items() if k != "sources"}
+    if "sources" not in data:
+        return ["  data     " + flat(data)]
+    lines = [f"  data     {len(data['sources'])} training sources" + (f"; {flat(rest)}" if rest else "")]
+    return lines + [f"    - {s.get('name')}: " + flat({k: v for k, v in s.items() if k != "name"})
+                    for s in data["sources"]]
 
 
 def _check_target_scale(cfg: Config, teacher: Any, student: Any) -> None:
@@ -94,6 +105,9 @@ def _check_target_scale(cfg: Config, teacher: Any, student: Any) -> None:
     loss = loss_from_config(cfg.train.loss, student_dim=dim, teacher_dim=teacher.embedding_dim,
                             teacher_normalized=teacher.normalized)
     target_scale_applies(cfg.train.target_scale, student, loss)
+    from distill.train.schedule import resolution_applies
+
+    resolution_applies(cfg.train.resolution, student, cfg.student.input_size)
 
 
 def plan(cfg: Config) -> RunPlan:
@@ -107,7 +121,8 @@ def plan(cfg: Config) -> RunPlan:
     missing = find_problems(cfg)
     from distill.data.prepare import source_kind  # every kind registered
 
-    data = source_kind(cfg).describe(cfg, bool(missing))
+    data = {**source_kind(cfg).describe(cfg, bool(missing)),
+            "leak_guard": cfg.data.leak_guard.policy or ("exclude" if eval_protocol_names(cfg) else "off")}
     return RunPlan(
         name=cfg.name, out=str(cfg.out),
         teacher={"name": teacher.name, "input_size": teacher.preprocessing.input_size, "alignment": template,

@@ -127,6 +127,8 @@ class MobileNet(HeadContract, nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.num_features = cin
         self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else GDConv(cin, feature_side(input_size))
+        #: True when the student takes one input size only (the trainer's resolution schedule checks it)
+        self.fixed_input = pool == "gdconv"
         self.head = make_head(cin, embedding_dim=None if num_classes else embedding_dim,
                               num_classes=num_classes, normalize=normalize, head_bn=head_bn, dropout=dropout)
         self._init_weights()

@@ -315,3 +315,21 @@ def test_progress_bar_total_is_where_the_budget_ends(capsys: pytest.CaptureFixtu
     assert bar.bar.total == 42
     bar.close(run)
     assert "/42" in capsys.readouterr().err
+
+
+def test_a_resolution_schedule_trains_early_steps_smaller_and_ends_at_the_target(tmp_path: Path) -> None:
+    from distill.config import ConfigError, ResolutionSchedule
+    from distill.train.schedule import resolution_applies
+
+    views = FaceViews(orl_faces(4, 4), seed=0)
+    student, seen = tiny_student(), []
+    student.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[-1]) if _m.training else None)
+    res = fit(student, Preprocessing(48), tiny_teacher(), views, DistillLoss(student_dim=16, teacher_dim=32),
+              settings(epochs=5, resolution=ResolutionSchedule(size=32, fraction=0.6)), tmp_path, progress=False,
+              log=lambda m: None)
+    assert res.steps == 10 and seen == [32] * 6 + [48] * 4       # 60% of the steps at 32 px, the rest at 48
+    assert student.eval()(torch.zeros(1, 3, 48, 48)).shape == (1, 16)  # the saved student runs at its own size
+    with pytest.raises(ConfigError, match="student.pool: gdconv"):
+        resolution_applies(ResolutionSchedule(size=32), MobileNet(alpha=0.25, input_size=48, pool="gdconv"), 48)
+    with pytest.raises(ConfigError, match="not below"):
+        resolution_applies(ResolutionSchedule(size=64), tiny_student(), 48)

@@ -21,34 +21,9 @@ import numpy as np
 from distill.config import Config, ConfigError, PairsSpec, key_remedy
 from distill.io import atomic_write_json
 
-from .align import AlignedFaces, align_images
 from .folders import ImageList, save_image_list, scan_identity_folder
-from .sources import SOURCE_KINDS, Log, SourceKind, Sources, TrainData
+from .sources import SOURCE_KINDS, Log, SourceKind, Sources, TrainData, align
 from .splits import Split, identity_disjoint_split
-
-
-def align(cfg: Config, root: Path, images: ImageList | list[str], template: str, log: Log, *,
-          aligned: str | None = None) -> AlignedFaces:
-    """Align ``images`` under ``root`` to ``template`` with the config's backend, no-face policy and cache;
-    ``aligned``: the images are crops of that template already (no detection; re-framed if it differs).
-
-    Raises:
-        ConfigError: ``aligned`` cannot be re-framed to ``template`` (names data.aligned / eval.pairs[].aligned).
-    """
-    from .templates import ReframeError
-
-    rel = images.rel_paths if isinstance(images, ImageList) else list(images)
-    try:
-        faces = align_images(root, rel, template=template, backend="none" if aligned else cfg.data.align_backend,
-                             cache_dir=cfg.data.cache_dir / "aligned", no_face=cfg.data.no_face,
-                             workers=cfg.data.workers, aligned_as=aligned)
-    except ReframeError as e:
-        raise ConfigError(f"images under {root} are declared aligned to {aligned} (data.aligned or "
-                          f"eval.pairs[].aligned) but the teacher needs {template}: {e}. Give images the teacher's "
-                          f"template can be cut from (photos, with data.aligned unset), or a teacher whose "
-                          f"template is {aligned}") from None
-    log(f"aligned {len(rel)} images from {root}: {faces.record.summary()}")
-    return faces
 
 
 def resolve_sources(cfg: Config, log: Log) -> Sources:
@@ -57,10 +32,15 @@ def resolve_sources(cfg: Config, log: Log) -> Sources:
 
 
 def source_kind(cfg: Config) -> SourceKind:
-    """The registered kind of ``cfg.data.source`` (:data:`~distill.data.sources.SOURCE_KINDS`).
+    """The registered kind of ``cfg.data.source`` (:data:`~distill.data.sources.SOURCE_KINDS`), or the
+    :class:`~distill.data.multisource.SourceList` of ``cfg.data.sources``.
 
     Raises:
         UnknownNameError: a name no kind registered (the config's Literal prevents it)."""
+    if cfg.data.sources:
+        from .multisource import SourceList
+
+        return SourceList(cfg)
     return SOURCE_KINDS.build(cfg.data.source)
 
 
@@ -206,7 +186,9 @@ def _train_from_folder(cfg: Config, template: str, log: Log, sources: Sources, r
     if run_dir is not None:
         save_image_list(train, run_dir / "split" / "train_images.json")
         atomic_write_json(run_dir / "split" / "split.json", split.record)
-    return TrainData(train, aligned.faces, aligned.rel_paths, train.labels[aligned.indices], record)
+    return TrainData(train, aligned.faces, aligned.rel_paths, train.labels[aligned.indices], record,
+                     files=[str(sources.root / r) for r in aligned.rel_paths], identities=list(train.identities))
 
 
-from . import recordio_source  # noqa: E402,F401 - registers data.source: recordio (imports sources, not this module)
+from . import recordio_source, unlabelled  # noqa: E402,F401 - register data.source recordio and unlabelled (they
+# import sources, not this module)

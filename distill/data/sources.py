@@ -27,8 +27,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from distill.config import Config, PairsSpec
+from distill.config import Config, ConfigError, PairsSpec
 from distill.registry import Registry
+
+from .align import AlignedFaces, align_images
+from .folders import ImageList
 
 Log = Callable[[str], None]
 
@@ -54,14 +57,22 @@ class Sources:
 
 @dataclass
 class TrainData:
-    """Aligned training faces: ``faces`` uint8 ``(N, S, S, 3)`` (a memmap, or a lazy array for a RecordIO set),
-    their paths (names) and labels, and the record; ``images`` is the scanned list (None for RecordIO)."""
+    """Aligned training faces: ``faces`` uint8 ``(N, S, S, 3)`` (a memmap, or a lazy array for a RecordIO set
+    or several sources), their paths (names) and labels (-1: unlabelled), and the record; ``images`` is the
+    scanned list (None for RecordIO and several sources)."""
 
     images: Any
     faces: Any
     rel_paths: Sequence[str]
     labels: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
+    #: several sources (``data.sources``): the source index of each face, and each source's share (or None)
+    groups: np.ndarray | None = None
+    shares: list[float | None] | None = None
+    #: the file each face was read from (None: no file, e.g. a RecordIO record), for the leak guard's digests
+    files: Sequence[str | None] | None = None
+    #: names of the people ``labels`` index (labelled sources; several sources: concatenated in label order)
+    identities: Sequence[str] = ()
 
 
 class SourceKind:
@@ -86,3 +97,27 @@ class SourceKind:
 
 
 SOURCE_KINDS: Registry[SourceKind] = Registry("training source")
+
+
+def align(cfg: Config, root: Path, images: ImageList | list[str], template: str, log: Log, *,
+          aligned: str | None = None) -> AlignedFaces:
+    """Align ``images`` under ``root`` to ``template`` with the config's backend, no-face policy and cache;
+    ``aligned``: the images are crops of that template already (no detection; re-framed if it differs).
+
+    Raises:
+        ConfigError: ``aligned`` cannot be re-framed to ``template`` (names data.aligned / eval.pairs[].aligned).
+    """
+    from .templates import ReframeError
+
+    rel = images.rel_paths if isinstance(images, ImageList) else list(images)
+    try:
+        faces = align_images(root, rel, template=template, backend="none" if aligned else cfg.data.align_backend,
+                             cache_dir=cfg.data.cache_dir / "aligned", no_face=cfg.data.no_face,
+                             workers=cfg.data.workers, aligned_as=aligned)
+    except ReframeError as e:
+        raise ConfigError(f"images under {root} are declared aligned to {aligned} (data.aligned or "
+                          f"eval.pairs[].aligned) but the teacher needs {template}: {e}. Give images the teacher's "
+                          f"template can be cut from (photos, with data.aligned unset), or a teacher whose "
+                          f"template is {aligned}") from None
+    log(f"aligned {len(rel)} images from {root}: {faces.record.summary()}")
+    return faces

@@ -70,12 +70,32 @@ class FaceViews(Dataset):
     """
 
     def __init__(self, faces: np.ndarray, augment: Augment | None = None, seed: int = 0,
-                 indices: Sequence[int] | None = None, clean_view0: bool = False, mix: Mix | None = None) -> None:
+                 indices: Sequence[int] | None = None, clean_view0: bool = False, mix: Mix | None = None,
+                 groups: np.ndarray | None = None, shares: Sequence[float | None] | None = None) -> None:
         if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
             raise ValueError(f"expected uint8 faces (N,S,S,3), got {faces.dtype} {faces.shape}")
         self.faces, self.augment, self.seed, self.clean_view0 = faces, augment, seed, clean_view0
         self.mix = mix if mix is not None and mix.active else None
         self.indices = np.arange(len(faces)) if indices is None else np.asarray(indices, dtype=np.int64)
+        #: the source of each face (``data.sources``) and each source's share of an epoch (None: proportional)
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
+        self.shares = None if shares is None else list(shares)
+
+    def subset(self, indices: Sequence[int]) -> "FaceViews":
+        """The same views of fewer faces (``indices`` into ``faces``; e.g. those a leak guard kept): every kept
+        face's views stay pixel for pixel what they were, so a teacher cache of the full set still labels them.
+
+        Raises:
+            ValueError: views mix two faces (a partner could be a face left out; the mix draws on the set)."""
+        if self.mix is not None:
+            raise ValueError("a subset of views that mix faces would change the mixes (partners are drawn from "
+                             "the set); leave the faces out before the views are made")
+        return FaceViews(self.faces, self.augment, self.seed, indices, self.clean_view0, None, self.groups,
+                         self.shares)
+
+    def position_groups(self) -> np.ndarray | None:
+        """The source of each position (``groups[indices]``), or None with one source."""
+        return None if self.groups is None else self.groups[self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -116,6 +136,43 @@ class FaceViews(Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.view(index, view_id))), index, int(view_id)
 
 
+def share_counts(sizes: Sequence[int], shares: Sequence[float | None], total: int) -> np.ndarray:
+    """How many of an epoch's ``total`` samples each source gets: ``round(share * total)`` for sources with a
+    share, the rest split over the others in proportion to their ``sizes`` (shares are scaled up to fill the
+    epoch when every source has one). int64 array summing to ``total``."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    fixed = np.array([s is not None for s in shares])
+    want = np.array([s or 0.0 for s in shares], dtype=np.float64)
+    if fixed.all():
+        want = want / want.sum()
+    else:
+        free = sizes * ~fixed
+        want = np.where(fixed, want, (1 - want[fixed].sum()) * free / max(free.sum(), 1))
+    counts = np.floor(want * total).astype(np.int64)
+    counts[np.argsort(-(want * total - counts))[:total - counts.sum()]] += 1  # largest remainders
+    return counts
+
+
+def share_order(groups: np.ndarray, shares: Sequence[float | None], rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of positions drawn by source share: ``(positions, repeat)``, as many as ``groups``, shuffled.
+
+    Source ``g`` contributes :func:`share_counts` positions: passes over its own shuffled positions, cut where
+    its count ends; ``repeat`` numbers the pass (0 first) so a position seen twice in an epoch gets another
+    cached view."""
+    parts, reps = [], []
+    sizes = np.bincount(groups, minlength=len(shares))
+    for g, count in enumerate(share_counts(sizes, shares, len(groups))):
+        own = np.flatnonzero(groups == g)
+        if count == 0 or not len(own):
+            continue
+        passes = -(-count // len(own))
+        parts.append(np.concatenate([rng.permutation(own) for _ in range(passes)])[:count])
+        reps.append(np.repeat(np.arange(passes), len(own))[:count])
+    order = rng.permutation(sum(len(p) for p in parts))
+    return np.concatenate(parts)[order], np.concatenate(reps)[order]
+
+
 def shard_positions(length: int, rank: int, world: int) -> np.ndarray:
     """Rank ``rank``'s positions of a data set sharded over ``world`` processes: ``rank, rank + world, ...``,
     cut to ``length // world`` so that every rank holds as many (int64 array)."""
@@ -140,6 +197,10 @@ class EpochViewSampler(Sampler):
     :func:`shard_positions` (positions ``r, r + W, ...``), shuffled per epoch and rank: it reads only the
     targets its process stored; the global batch is then not the single-process one.
 
+    ``groups`` + ``shares`` (several sources, ``data.sources[].share``): each epoch draws every source's
+    share of its ``length`` samples from that source (:func:`share_order`); a source drawn more than once in
+    an epoch moves on to the next cached view with each pass.
+
     ``set_start(n)`` skips this rank's first ``n`` keys of the epoch (mid-epoch resume).
 
     Example::
@@ -150,9 +211,14 @@ class EpochViewSampler(Sampler):
     """
 
     def __init__(self, length: int, *, seed: int = 0, num_views: int | None = None, shuffle: bool = True,
-                 rank: int = 0, num_replicas: int = 1, drop_last: bool = True, local: bool = False) -> None:
+                 rank: int = 0, num_replicas: int = 1, drop_last: bool = True, local: bool = False,
+                 groups: np.ndarray | None = None, shares: Sequence[float | None] | None = None) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.shares = list(shares) if groups is not None and shares and any(s is not None for s in shares) else None
+        self.groups = None if self.shares is None else np.asarray(groups, dtype=np.int64)
+        if self.groups is not None and (len(self.groups) != length or local):
+            raise ValueError("source shares need one group per position and a shared (not per-rank) teacher cache")
         self.length, self.seed, self.num_views, self.shuffle = length, seed, num_views, shuffle
         self.rank, self.num_replicas, self.drop_last, self.local = rank, num_replicas, drop_last, local
         self.epoch = 0
@@ -169,6 +235,18 @@ class EpochViewSampler(Sampler):
 
     def positions(self) -> np.ndarray:
         """This rank's positions of the epoch: a seeded shuffle, sharded over ranks (or of its own shard)."""
+        return self._keys()[0]
+
+    def _keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's ``(positions, pass number)`` of the epoch (the pass is 0 without source shares)."""
+        if self.groups is not None:
+            order, repeat = share_order(self.groups, self.shares, np.random.default_rng([self.seed, self.epoch]))
+            per_rank = len(order) // self.num_replicas
+            return (order[self.rank::self.num_replicas][:per_rank],
+                    repeat[self.rank::self.num_replicas][:per_rank])
+        return self._plain(), np.zeros(0, dtype=np.int64)
+
+    def _plain(self) -> np.ndarray:
         if self.local:
             own = shard_positions(self.length, self.rank, self.num_replicas)
             rng = np.random.default_rng([self.seed, self.epoch, self.rank])
@@ -178,16 +256,19 @@ class EpochViewSampler(Sampler):
         per_rank = len(order) // self.num_replicas
         return order[self.rank::self.num_replicas][:per_rank]
 
-    def view_ids(self, positions: np.ndarray) -> np.ndarray:
-        """The view id of each position: the epoch (online), or a per-sample cycle through K views."""
+    def view_ids(self, positions: np.ndarray, repeat: np.ndarray | None = None) -> np.ndarray:
+        """The view id of each position: the epoch (online), or a per-sample cycle through K views (moved on by
+        ``repeat``, a position's pass number within the epoch)."""
+        extra = 0 if repeat is None or not len(repeat) else repeat
         if self.num_views is None:
-            return np.full(len(positions), self.epoch, dtype=np.int64)
+            return self.epoch * (1 + int(np.max(extra, initial=0))) + extra + np.zeros(len(positions), np.int64)
         offset = np.random.default_rng([self.seed, 7919]).integers(0, self.num_views, size=self.length)
-        return (self.epoch + offset[positions]) % self.num_views
+        return (self.epoch + offset[positions] + extra) % self.num_views
 
     def __iter__(self) -> Iterator[Any]:
-        pos = self.positions()[self.start:]
-        for p, v in zip(pos.tolist(), self.view_ids(pos).tolist()):
+        pos, repeat = self._keys()
+        pos, repeat = pos[self.start:], repeat[self.start:] if len(repeat) else None
+        for p, v in zip(pos.tolist(), self.view_ids(pos, repeat).tolist()):
             yield (int(p), int(v))
 
     def __len__(self) -> int:

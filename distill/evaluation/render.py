@@ -322,6 +322,36 @@ def _fit_word(train: float, held_out: float) -> str:
     return f"residuals within {gap:.2f}x: it cannot fit its own training faces either (underfitting, if both are low)"
 
 
+def data_lines(doc: Report) -> list[str]:
+    """What the student trained on (each source's counts) and what the leak guard checked and found."""
+    data = doc.extra.get("data") or {}
+    train, guard = data.get("train") or {}, data.get("leak_guard")
+    out = []
+    for src in train.get("sources") or []:
+        al = src.get("alignment") or {}
+        out.append(f"Source {src.get('name')} ({src.get('kind')}): {src.get('train_images')} images found, "
+                   f"{al.get('aligned', src.get('aligned_train_faces'))} aligned, {al.get('center_fallback', 0)} "
+                   f"centre fallback, {len(al.get('skipped') or {})} skipped"
+                   + (f", share {src['share']:.0%} of each epoch" if src.get("share") else "") + ".")
+    if not guard:
+        return out
+    if guard.get("policy") == "off" or guard.get("checked") is False:
+        return out + [f"Leak guard: {guard.get('reason') or 'off'}. Nothing checked whether training images show "
+                      f"evaluation people or copies of evaluation images."]
+    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in (guard.get("counts") or {}).items() if n) \
+        or "nothing flagged"
+    out.append(f"Leak guard ({guard.get('policy')}): {guard.get('train_images')} training x "
+               f"{guard.get('eval_images')} evaluation images, {guard.get('comparisons', 0) / 1e6:.1f}M comparisons: "
+               f"{counts}; {guard.get('excluded', 0)} excluded from training. Training embeddings: "
+               f"{guard.get('train_embeddings')}.")
+    out += [f"{k.replace('_', ' ').capitalize()}: {v}." for k, v in (guard.get("checked") or {}).items()]
+    out += [f"Flagged: {e['train']} ~ {e['eval']} ({e['evidence'].replace('_', ' ')}, score {e['score']})"
+            for e in guard.get("examples") or []]
+    if guard.get("examples_png"):
+        out.append(f"Thumbnails: {guard['examples_png']} (every flagged image: leak_guard.json).")
+    return out
+
+
 def render_markdown(doc: Report) -> str:
     """``report.md``: trade-off, every protocol, cost, fidelity, learning curve, identification."""
     tabs = report_tables(doc)
@@ -344,6 +374,9 @@ def render_markdown(doc: Report) -> str:
                 f"({_fit_word(m.extra['fidelity_train']['mean'], m.fidelity.mean)})." for m in fid
                 if m.extra.get("fidelity_train")]
         out.append("")
+    lines = data_lines(doc)
+    if lines:
+        out += ["## Training data and the leak check", ""] + [f"- {x}" for x in lines] + [""]
     curves = [m for m in doc.models if m.extra.get("curve")]
     for m in curves:
         keys = [k for k in m.extra["curve"][0] if k not in ("step", "epoch", "minutes")]
@@ -420,6 +453,11 @@ def render_html(doc: Report) -> str:
         if fig:
             sections.append({"title": title, "note": note, "tables": [],
                              "figures": [{"png": fig, "caption": caption}], "after": []})
+    lines = data_lines(doc)
+    if lines:
+        sections.append({"title": "Training data and the leak check", "note": "What the student trained on, and "
+                         "whether any training image shows an evaluation person or copies an evaluation image.",
+                         "tables": [], "figures": [], "after": lines})
     sections.append({"title": "Cost", "note": f"Measured on this machine's CPU "
                      f"({doc.versions.get('torch_threads', '?')} torch threads); median of repeats after warm-up.",
                      "tables": [tabs["cost"]], "figures": [], "after": []})

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -116,7 +117,8 @@ class Run:
         self.scheduler = build_scheduler(self.optimizer, settings, self.state.total_steps)
         self.sampler = EpochViewSampler(len(views), seed=seed, num_views=getattr(self.source, "num_views", None),
                                         rank=self.env.rank, num_replicas=self.env.world_size,
-                                        local=bool(getattr(self.source, "per_rank", False)))
+                                        local=bool(getattr(self.source, "per_rank", False)),
+                                        groups=views.position_groups(), shares=views.shares)
         self.loader = DataLoader(views, batch_size=self.local_bs, sampler=self.sampler, drop_last=True,
                                  num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=self.device.type == "cuda")
@@ -170,6 +172,19 @@ class Run:
         """A context manager timing ``name`` while profiling (a no-op otherwise)."""
         return self._phase(name)
 
+    def input_size(self) -> int:
+        """The input side of this step: ``train.resolution.size`` for the first ``fraction`` of the budget
+        (of ``train.max_minutes`` when set: the step count fitted to a time budget grows while the small steps
+        are fast, so a share of it would arrive late; else of the steps), then the student's own."""
+        sched, s = self.settings.resolution, self.state
+        if sched is None:
+            return self.preprocessing.input_size
+        if self.settings.max_minutes:
+            early = s.elapsed() < sched.fraction * self.settings.max_minutes * 60
+        else:
+            early = s.step < sched.fraction * s.total_steps
+        return sched.size if early else self.preprocessing.input_size
+
     def step(self, faces: torch.Tensor, indices: torch.Tensor, view_ids: torch.Tensor) -> None:
         """One optimiser step on one batch, then the counters (the epoch advances on its last batch).
 
@@ -181,6 +196,9 @@ class Run:
             targets = self.source.targets(faces, indices, view_ids).to(self.device, non_blocking=True)
         with self._phase("forward"):
             x = self.preprocessing(faces.to(self.device, non_blocking=True))
+            size = self.input_size()
+            if size != x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.optimizer.zero_grad(set_to_none=True)

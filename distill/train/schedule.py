@@ -8,7 +8,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -83,3 +83,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, t
     """Linear warmup then half-cosine to zero at ``total_steps`` (:class:`WarmupCosine`); a warmup longer than half the run is halved."""
     warmup = min(settings.warmup_steps, max(0, total_steps // 2))  # short runs: never warm up the whole run
     return LambdaLR(optimizer, WarmupCosine(warmup, total_steps))
+
+
+def resolution_applies(schedule: Any, student: Any, input_size: int) -> None:
+    """Refuse ``train.resolution`` where it cannot work, before any data work.
+
+    Raises:
+        ConfigError: the student takes one input size only (``student.pool: gdconv``), or the schedule's size
+            is not below student.input_size.
+    """
+    if schedule is None:
+        return
+    from distill.config import ConfigError
+
+    if getattr(student, "fixed_input", False):
+        raise ConfigError(f"train.resolution trains at {schedule.size} px, but this student takes "
+                          f"{input_size} px only (student.pool: gdconv sizes its filter for one input): use "
+                          f"student.pool: avg with a resolution schedule, or drop train.resolution")
+    if schedule.size >= input_size:
+        raise ConfigError(f"train.resolution.size {schedule.size} is not below student.input_size {input_size}: "
+                          f"the schedule trains early steps smaller; pick a smaller size or drop train.resolution")

@@ -115,6 +115,7 @@ class TeacherCache:
     embeddings: np.ndarray  # (N, K, D) read-only memmap
     face_index: np.ndarray  # (N,) face index of each row
     positions: np.ndarray | None = None  # per-rank shard: the view positions of its rows (None: every position)
+    kept: np.ndarray | None = None  # the faces training may use (a leak guard's exclusions); None: every face
 
     def __post_init__(self) -> None:
         self._row = np.full(int(self.face_index.max()) + 1 if len(self.face_index) else 0, -1, dtype=np.int64)
@@ -154,10 +155,30 @@ class TeacherCache:
         """True for a rank's own shard (the trainer then samples only its positions)."""
         return self.positions is not None
 
+    def only(self, faces: np.ndarray) -> "TeacherCache":
+        """This cache for training on ``faces`` (face indices it holds) only: views made with
+        ``FaceViews.subset(faces)`` then match it. Per-rank shards cannot be narrowed (ValueError)."""
+        if self.positions is not None:
+            raise ValueError("a per-rank teacher cache shard cannot leave faces out (train.cache_shards: per_rank)")
+        faces = np.asarray(faces, dtype=np.int64)
+        if len(faces) and (faces.max() >= len(self._row) or self._row[faces].min() < 0):
+            raise KeyError(f"face index not in the teacher cache {self.path}")
+        return dataclasses.replace(self, kept=faces)
+
+    def mean_embeddings(self, chunk: int = 4096) -> np.ndarray:
+        """Each face's teacher embedding averaged over its K cached views: float32 ``(N, D)`` in ``face_index``
+        order (the leak guard's view of the training faces: no extra teacher pass)."""
+        out = np.zeros((len(self.face_index), self.dim), np.float32)
+        for a in range(0, len(out), chunk):
+            out[a:a + chunk] = np.asarray(self.embeddings[a:a + chunk], dtype=np.float32).mean(1)
+        return out
+
     def matches(self, views: FaceViews) -> bool:
         """Whether the cache was built on exactly these views (same length and face indices; a shard: its
-        positions' face indices)."""
+        positions' face indices; narrowed by :meth:`only`: the kept faces)."""
         indices = np.asarray(views.indices)
+        if self.kept is not None:
+            return bool(np.array_equal(indices, self.kept))
         if self.positions is not None:
             return bool(len(self.positions) == len(self.face_index) and self.positions.max(initial=-1) < len(indices)
                         and np.array_equal(indices[self.positions], self.face_index))
@@ -305,17 +326,44 @@ def _open_or_reset(path: Path, key: dict, log: Callable[[str], None], local: boo
 
 
 class _Blocks(torch.utils.data.Dataset):
-    """The augmented faces of each cache block, made by DataLoader workers while the teacher runs."""
+    """The augmented faces of each cache block, made by DataLoader workers while the teacher runs (none for
+    blocks whose positions are all below ``skip_below``: a donor cache holds those)."""
 
-    def __init__(self, views: FaceViews, blocks: list[tuple[np.ndarray, int]]) -> None:
-        self.views, self.blocks = views, blocks
+    def __init__(self, views: FaceViews, blocks: list[tuple[np.ndarray, int]], skip_below: int = 0) -> None:
+        self.views, self.blocks, self.skip_below = views, blocks, skip_below
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         pos, v = self.blocks[i]
+        if pos.max(initial=-1) < self.skip_below:
+            return torch.empty(0)
         return torch.stack([self.views[(int(p), v)][0] for p in pos])
+
+
+def prefix_donor(cache_dir: Path, key: dict, views: FaceViews) -> TeacherCache | None:
+    """A complete cache of the *first source alone* whose rows are this cache's first rows, or None.
+
+    Several sources (``data.sources``) concatenate their faces; the views of face ``i`` depend only on
+    ``(seed, i, view)`` and the recipe, so while no view mixes two faces (a mix draws its partner from the
+    whole set), the first source's faces have the same views alone as in front of others: a run that adds
+    sources to an earlier run reuses that run's teacher cache for them."""
+    parts = getattr(views.faces, "parts", None)
+    n = len(views.indices)
+    if not parts or views.mix is not None or not np.array_equal(views.indices, np.arange(n)):
+        return None
+    first = parts[0]
+    own = getattr(first, "fingerprint", None)
+    fp = own() if callable(own) else array_digest(first, np.arange(len(first), dtype=np.int64))
+    donor_key = {**key, "data": fp, "n": len(first)}
+    path = _key_dir(cache_dir, donor_key)
+    if not (path / "complete.json").exists():
+        return None
+    try:
+        return open_cache(path, donor_key)
+    except CacheError:
+        return None
 
 
 def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_dir: str | Path,
@@ -350,13 +398,20 @@ def build_teacher_cache(teacher: Any, views: FaceViews, num_views: int, cache_di
         return dataclasses.replace(cache, positions=positions) if local else cache
     device = next((p.device for p in teacher.parameters()), torch.device("cpu")) if hasattr(teacher, "parameters") \
         else torch.device("cpu")
+    donor = None if local else prefix_donor(Path(cache_dir), key, views)
+    reused = 0 if donor is None else len(donor.face_index)
+    if donor is not None:
+        log(f"teacher cache: the first {reused} faces' views are those of {donor.path} (an earlier run on the "
+            f"first source alone): copied, not recomputed")
 
     def prepare(blocks: list[tuple[np.ndarray, int]]) -> Iterable[torch.Tensor]:
         at = [(positions[rows], v) for rows, v in blocks]  # cache rows -> view positions
-        return torch.utils.data.DataLoader(_Blocks(views, at), batch_size=None, num_workers=workers,
-                                           prefetch_factor=2 if workers else None)
+        return torch.utils.data.DataLoader(_Blocks(views, at, skip_below=reused), batch_size=None,
+                                           num_workers=workers, prefetch_factor=2 if workers else None)
 
     def compute(pos: np.ndarray, view_id: int, faces: torch.Tensor) -> np.ndarray:
+        if donor is not None and pos.max(initial=-1) < reused:
+            return np.asarray(donor.embeddings[pos, view_id], dtype=np.float32)
         return teacher.embed(faces.to(device)).float().cpu().numpy()
 
     shard = f", shard {env.rank}/{env.world_size}" if local else ""
