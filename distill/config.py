@@ -112,8 +112,10 @@ class LeakGuardSettings(Section):
     innocent_rate: float = Field(0.02, gt=0, lt=0.5, description=(
         "sets the same-person rule's threshold: the (1 - innocent_rate) quantile of the evaluation images' own "
         "best score against the other evaluation people. Measured on planted LFW leaks (BENCHMARKS.md section "
-        "11, dlib): 0.02 excluded 0.92% of innocent images and caught 78.7% of planted ones (0.01: 0.47% and "
-        "71.8%); a domain the evaluation set barely covers (children) is excluded more often"))
+        "11, dlib, clean teacher embeddings): 0.02 caught 86.7% of planted photos and excluded 0.84% of "
+        "innocent images (0.01: 83.1% and 0.37%); with pairsDevTrain.txt as the protocol, 86.8% and 1.83% "
+        "(some of those 'innocent' images show an evaluation face: RESULTS.md). A domain the evaluation set "
+        "barely covers (children) is excluded more often"))
     near_duplicate_bits: int = Field(6, ge=0, le=32, description=(
         "near-identical images: aligned faces whose 64-bit perceptual hashes (DCT) differ in at most this "
         "many bits and that the teacher scores as the same person (aligned faces share a layout: a hash alone "

@@ -132,6 +132,8 @@ def plan(cfg: Config) -> RunPlan:
         mult_adds_ratio=t_cost.mult_adds / max(1, s_cost.mult_adds), data=data,
         train={"teacher_mode": cfg.train.teacher_mode, "epochs": cfg.train.epochs,
                "max_minutes": cfg.train.max_minutes, "batch_size": cfg.train.batch_size,
+               **({"resolution": f"{r.size}px for {r.fraction:.0%} of the {'time' if cfg.train.max_minutes else 'steps'}"
+                   f" then {cfg.student.input_size}px"} if (r := cfg.train.resolution) else {}),
                "loss": cfg.train.loss.model_dump()},
         eval=eval_protocol_names(cfg), missing=missing,
         outputs={k: str(cfg.out / v) for k, v in (("student", STUDENT_FILE), ("report", "report.html"),

@@ -34,9 +34,34 @@ def test_the_same_person_rule_catches_planted_photos_at_about_its_innocent_rate(
     flag, best, score, threshold = same_person(x.astype(np.float32), cohort, innocent_rate=0.01)
     assert flag[:120].mean() > 0.9                       # planted photos found ...
     assert people[best[:120][flag[:120]]].tolist() == np.repeat(np.arange(40), 3)[flag[:120]].tolist()  # ... as whom
-    assert flag[120:].sum() <= 60                        # innocents: within 3x the rate asked for (20 of 2,000)
+    # innocents: within 2x the rate asked for (20 of 2,000); a calibration that leaves the evaluation images
+    # inside their own cohorts reads low and flagged 76 here
+    assert flag[120:].sum() <= 40
     strict = same_person(x.astype(np.float32), cohort, innocent_rate=0.001)[0]
     assert strict.sum() <= flag.sum()
+
+
+def test_the_calibration_leaves_each_evaluation_person_out_of_the_cohorts():
+    """innocent_best against a direct computation: each image's S-norm score against every other person's
+    template, the template's cohort being its k best cosines to images of neither that person nor the image's."""
+    rng = np.random.default_rng(3)
+    ev, people, _ = _people(40, 3, 16, rng, spread=0.5)
+    ev = (ev / np.linalg.norm(ev, axis=1, keepdims=True)).astype(np.float32)
+    cohort = Cohort.of(ev, people, k=8)
+    got = cohort.innocent_best()
+    want = np.zeros(len(ev))
+    for i in range(len(ev)):
+        z = []
+        sim_i = ev[i] @ cohort.templates.T
+        own_top = np.sort(np.delete(sim_i, people[i]))[-cohort.k - 1:-1]
+        for t in range(len(cohort.templates)):
+            if t == people[i]:
+                continue
+            others = ev[(people != t) & (people != people[i])] @ cohort.templates[t]
+            top = np.sort(others)[-cohort.k:]
+            z.append(0.5 * ((sim_i[t] - own_top.mean()) / own_top.std() + (sim_i[t] - top.mean()) / top.std()))
+        want[i] = max(z)
+    assert np.abs(got - want).max() < 1e-4
 
 
 def test_hamming_counts_differing_bits():

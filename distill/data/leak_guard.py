@@ -12,12 +12,14 @@ image of the run's student protocols, with four kinds of evidence (:data:`EVIDEN
   shares people with the pairs list);
 * ``same_person``: the teacher says it is one of the evaluation people. One pair's score cannot decide this:
   10k training x 2.7k evaluation images are 29M comparisons, and a per-pair FAR of 1e-4 alone would flag
-  thousands of innocent images. The guard therefore (1) normalises each score by both sides' cohorts of
-  impostor scores (adaptive symmetric score normalisation, "S-norm": Matejka et al., Interspeech 2017; the
-  cohort of a training image is its ``cohort`` best evaluation scores, that of an evaluation image its best
-  scores against the other evaluation people), (2) pools the evidence of the training image's close
+  thousands of innocent images. The guard therefore (1) scores a training image against each evaluation
+  *person*, by the cosine to that person's template (the unit mean of their evaluation embeddings: several
+  photos of one person are better evidence than the closest one), (2) normalises each score by both sides'
+  cohorts of impostor scores (adaptive symmetric score normalisation, "S-norm": Matejka et al., Interspeech
+  2017; the cohort of a training image is its ``k`` best template scores, that of a template its best scores
+  against the *other* people's evaluation images), (3) pools the evidence of the training image's close
   training neighbours (cosine above the teacher's FAR=1e-4 threshold on the evaluation impostor pairs: the
-  same person's other photos in the training set speak too), and (3) flags the image when that pooled score
+  same person's other photos in the training set speak too), and (4) flags the image when that pooled score
   exceeds the ``1 - innocent_rate`` quantile of the same statistic of the evaluation images against the
   *other* evaluation people, which is what an innocent image's best score looks like after all the
   comparisons it makes. RESULTS.md measures the rule where the truth is known (LFW's DevTest people's
@@ -28,15 +30,16 @@ the images joined by genuine pairs are one person.
 
 Example::
 
-    result = check_leaks(train_side, eval_side, LeakGuardSettings(), log=print)
+    result = check_leaks(train_side, eval_side, LeakGuardSettings(), policy="exclude")
     result.flagged[0]          # Finding(train=12, eval=301, evidence='same_person', score=5.1)
-    result.to_record()["counts"]
+    result.to_record(train_side, eval_side)["counts"]
 """
 from __future__ import annotations
 
 import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -178,57 +181,142 @@ def _chunks(n: int, size: int = 4096) -> list[slice]:
 
 @dataclass
 class Cohort:
-    """Score normalisation of the evaluation side: each evaluation image's mean and deviation of its
-    ``k`` best cosines to *other* people's evaluation images, and the FAR=1e-4 and 1e-5 cosines of those
-    impostors (at most the highest, with few images)."""
+    """The evaluation side as the same-person rule sees it: one template per evaluation person (the unit mean
+    of that person's evaluation embeddings), each template's score cohort (the mean ``mean`` and deviation
+    ``std`` ``(P,)`` of its ``k`` best cosines to *other* people's evaluation images, for S-norm; ``best``
+    ``(L, P)`` those cosines, descending, and ``best_people`` whose they are, for leaving a person out), and
+    the FAR=1e-4 and 1e-5 cosines of the image-level impostor pairs (at most the highest, few images)."""
 
     emb: np.ndarray
     people: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
+    templates: np.ndarray
     k: int
+    best: np.ndarray
+    best_people: np.ndarray
     far_1e4: float
     far_1e5: float = 1.0
 
     @classmethod
     def of(cls, emb: np.ndarray, people: np.ndarray, k: int = 300) -> "Cohort":
-        """Measure the cohort on the evaluation images (``emb`` unit rows, ``people`` person per row)."""
-        k = max(2, min(k, len(emb) // 4))
-        mean, std, tail = np.zeros(len(emb), np.float32), np.ones(len(emb), np.float32), []
-        for s in _chunks(len(emb), 1024):
-            sim = emb[s] @ emb.T
-            sim[people[s, None] == people[None, :]] = -np.inf
-            top = np.sort(sim, axis=1)[:, -k:]
-            mean[s], std[s] = top.mean(1), np.maximum(top.std(1), 1e-6)
-            tail.append(top[:, -max(1, k // 10):].ravel())
-        n_imp = int(((people[:, None] != people[None, :]).sum()))
-        # FAR=1e-4 among all impostor pairs: the (1e-4 * n_imp)-th best cosine (the tail holds enough of them)
-        rank = max(1, int(1e-4 * n_imp))
-        pooled = np.sort(np.concatenate(tail))[::-1]
-        far = float(pooled[min(rank * 2, len(pooled)) - 1])  # each pair appears twice (both directions)
-        far5 = float(pooled[min(max(1, int(1e-5 * n_imp)) * 2, len(pooled)) - 1])
-        return cls(emb, people, mean, std, k, far, far5)
+        """Measure the cohort on the evaluation images (``emb`` unit rows ``(M, D)``, ``people`` ``(M,)`` a person
+        per row, any integers)."""
+        people = np.unique(people, return_inverse=True)[1].astype(np.int64)
+        n_people = int(people.max(initial=-1)) + 1
+        templates = np.zeros((n_people, emb.shape[1]), np.float32)
+        np.add.at(templates, people, emb)
+        templates = _unit(templates)
+        k = max(2, min(k, n_people // 4, len(emb) // 4))
+        # k best plus room to leave out the most-photographed person (capped: beyond it, fewer than k remain)
+        depth = min(len(emb), k + min(int(np.bincount(people).max()), 256))
+        best, whose = np.zeros((depth, n_people), np.float32), np.zeros((depth, n_people), np.int64)
+        for c in _chunks(n_people, 512):
+            sim = emb @ templates[c].T
+            sim[people[:, None] == np.arange(c.start, c.stop)[None, :]] = -np.inf
+            order = np.argsort(-sim, axis=0, kind="stable")[:depth]
+            best[:, c], whose[:, c] = np.take_along_axis(sim, order, 0), people[order]
+        return cls(emb, people, templates, k, best, whose, *_impostor_cosines(emb, people))
 
-    def snorm(self, sim: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-        """S-normalised scores of query rows against every evaluation image: ``sim`` ``(B, M)`` cosines; the
-        query's own cohort is its ``k`` best (``exclude``: per-row person whose images are not its cohort)."""
-        masked = sim if exclude is None else np.where(self.people[None, :] == exclude[:, None], -np.inf, sim)
+    @cached_property
+    def mean(self) -> np.ndarray:
+        return self.best[:self.k].mean(0)
+
+    @cached_property
+    def std(self) -> np.ndarray:
+        return np.maximum(self.best[:self.k].std(0), 1e-6)
+
+    def snorm(self, sim: np.ndarray, exclude: np.ndarray | None = None, mean: np.ndarray | None = None,
+              std: np.ndarray | None = None) -> np.ndarray:
+        """S-normalised scores of query rows against every evaluation person: ``sim`` ``(B, P)`` cosines to the
+        templates; the query's own cohort is its ``k`` best (``exclude``: per-row person not in its cohort);
+        ``mean``/``std``: the templates' cohort statistics (default :attr:`mean`, :attr:`std`)."""
+        masked = sim if exclude is None else np.where(np.arange(sim.shape[1])[None, :] == exclude[:, None],
+                                                      -np.inf, sim)
         top = np.sort(masked, axis=1)[:, -self.k - 1:-1]
         mq, sq = top.mean(1, keepdims=True), np.maximum(top.std(1, keepdims=True), 1e-6)
-        z = 0.5 * ((masked - mq) / sq + (masked - self.mean[None, :]) / self.std[None, :])
-        return z
+        mean = self.mean if mean is None else mean
+        std = self.std if std is None else std
+        return 0.5 * ((masked - mq) / sq + (masked - mean) / std)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """S-normalised scores ``(B, P)`` of unit rows ``x`` ``(B, D)`` against every evaluation person."""
+        return self.snorm(x @ self.templates.T)
+
+    def left_out(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Template cohort statistics with one person's images left out, where that person is among the
+        template's ``k`` best: ``(person, template, mean, std)``, one row per such pair, sorted by person. The
+        left-out images' places are taken by the next best cosines of other people (as deep as :attr:`best`
+        goes)."""
+        k, n = self.k, self.best.shape[1]
+        top, whose = self.best[:k].astype(np.float64), self.best_people[:k]
+        keys, inv = np.unique(whose * n + np.arange(n)[None, :], return_inverse=True)
+        inv = inv.ravel()
+        count = np.bincount(inv, minlength=len(keys))
+        s1, s2 = (np.bincount(inv, w.ravel(), minlength=len(keys)) for w in (top, top ** 2))
+        tail = self.best[k:].astype(np.float64)
+        c1, c2 = (np.vstack([np.zeros((1, n)), np.cumsum(w, 0)]) for w in (tail, tail ** 2))
+        person, t = keys // n, keys % n
+        refill = np.minimum(count, len(tail))
+        size = k - count + refill
+        mean = (top.sum(0)[t] - s1 + c1[refill, t]) / size
+        var = ((top ** 2).sum(0)[t] - s2 + c2[refill, t]) / size - mean ** 2
+        std = np.sqrt(np.maximum(var, 1e-12))
+        # where the person has images beyond the k best too, the refill above took them: take those pairs directly
+        for r in np.flatnonzero(np.isin(keys, (self.best_people[k:] * n + np.arange(n)[None, :]).ravel())):
+            kept = self.best[self.best_people[:, t[r]] != person[r], t[r]][:k].astype(np.float64)
+            mean[r], std[r] = kept.mean(), max(float(kept.std()), 1e-12)
+        return person, t, mean.astype(np.float32), std.astype(np.float32)
+
+    def innocent_best(self) -> np.ndarray:
+        """Each evaluation image's best score against the *other* evaluation people ``(M,)``: what an innocent
+        image's best looks like. Each image's own person is left out of every template's cohort first
+        (:meth:`left_out`; else the image and its own person's other photos would sit inside the cohorts it is
+        compared with, and the calibration would read lower than an unseen person's score: measured with
+        synthetic people in ``tests/test_leak_guard.py``)."""
+        person, t, loo_mean, loo_std = self.left_out()
+        bounds = np.searchsorted(person, np.arange(len(self.templates) + 1))
+        out = np.zeros(len(self.emb), np.float32)
+        for p in range(len(self.templates)):
+            rows, at = np.flatnonzero(self.people == p), slice(bounds[p], bounds[p + 1])
+            mean, std = self.mean.copy(), self.std.copy()
+            mean[t[at]], std[t[at]] = loo_mean[at], np.maximum(loo_std[at], 1e-6)
+            out[rows] = self.snorm(self.emb[rows] @ self.templates.T, np.full(len(rows), p), mean, std).max(1)
+        return out
+
+    def closest_image(self, x: np.ndarray, person: np.ndarray) -> np.ndarray:
+        """Each row's most similar evaluation image among ``person``'s (the image a finding names)."""
+        sim = np.where(self.people[None, :] == person[:, None], x @ self.emb.T, -np.inf)
+        return sim.argmax(1)
+
+
+def _impostor_cosines(emb: np.ndarray, people: np.ndarray) -> tuple[float, float]:
+    """The cosines at FAR=1e-4 and 1e-5 among every impostor pair of evaluation images (at most the highest)."""
+    k = max(2, min(300, len(emb) // 4))
+    tail = []
+    for s in _chunks(len(emb), 1024):
+        sim = emb[s] @ emb.T
+        sim[people[s, None] == people[None, :]] = -np.inf
+        tail.append(np.sort(sim, axis=1)[:, -max(1, k // 10):].ravel())
+    n_imp = int((people[:, None] != people[None, :]).sum())
+    pooled = np.sort(np.concatenate(tail))[::-1]
+    pooled = pooled[np.isfinite(pooled)] if np.isfinite(pooled).any() else np.ones(1, np.float32)
+    # each pair appears twice (both directions): the (rate * n_imp)-th best pair is at twice that rank
+    at = [float(pooled[min(max(1, int(rate * n_imp)) * 2, len(pooled)) - 1]) for rate in (1e-4, 1e-5)]
+    return at[0], at[1]
 
 
 def _pooled(z_best: np.ndarray, best: np.ndarray, z_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
             emb: np.ndarray, candidates: np.ndarray, link: float, neighbours: int = 3) -> np.ndarray:
-    """Each candidate's best score averaged with its close training neighbours' scores on the same evaluation
-    image (neighbours: its ``neighbours`` nearest training images at cosine >= ``link``)."""
+    """Each candidate's best score averaged with its close training neighbours' scores for the same evaluation
+    person (neighbours: its ``neighbours`` nearest training images at cosine >= ``link``)."""
     out = z_best.copy()
+    neighbours = min(neighbours, len(emb) - 1)
+    if neighbours < 1:
+        return out
     for s in _chunks(len(candidates), 1024):
         rows = candidates[s]
         sim = emb[rows] @ emb.T
         sim[np.arange(len(rows)), rows] = -np.inf
-        nb = np.argpartition(-sim, neighbours, axis=1)[:, :neighbours]
+        nb = np.argpartition(-sim, neighbours - 1, axis=1)[:, :neighbours]
         ok = np.take_along_axis(sim, nb, 1) >= link
         zn = z_of(nb, best[rows])
         out[rows] = (z_best[rows] + np.where(ok, zn, 0).sum(1)) / (1 + ok.sum(1))
@@ -237,25 +325,28 @@ def _pooled(z_best: np.ndarray, best: np.ndarray, z_of: Callable[[np.ndarray, np
 
 def same_person(train_emb: np.ndarray, cohort: Cohort, innocent_rate: float
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """``(flag, best eval image, pooled score, threshold)`` of the same-person rule (see the module docs)."""
+    """``(flag, matched eval image, pooled score, threshold)`` of the same-person rule (see the module docs);
+    ``train_emb`` unit rows ``(N, D)``."""
     n = len(train_emb)
     best, z_best = np.zeros(n, np.int64), np.zeros(n, np.float32)
     for s in _chunks(n, 2048):
-        z = cohort.snorm(train_emb[s] @ cohort.emb.T)
+        z = cohort.scores(train_emb[s])
         best[s], z_best[s] = z.argmax(1), z.max(1)
     # what an innocent image's best looks like: evaluation images against the other evaluation people
-    z_eval = np.concatenate([cohort.snorm(cohort.emb[s] @ cohort.emb.T, cohort.people[s]).max(1)
-                             for s in _chunks(len(cohort.emb), 2048)])
+    z_eval = cohort.innocent_best()
     threshold = float(np.quantile(z_eval, 1 - innocent_rate))
 
-    def z_of(rows: np.ndarray, eval_idx: np.ndarray) -> np.ndarray:
-        flat = rows.ravel()
-        z = cohort.snorm(train_emb[flat] @ cohort.emb.T)
-        return z[np.arange(len(flat)), np.repeat(eval_idx, rows.shape[1])].reshape(rows.shape)
+    def z_of(rows: np.ndarray, person: np.ndarray) -> np.ndarray:
+        z = cohort.scores(train_emb[rows.ravel()])
+        return z[np.arange(rows.size), np.repeat(person, rows.shape[1])].reshape(rows.shape)
 
     candidates = np.flatnonzero(z_best >= np.quantile(z_eval, 1 - min(0.5, 20 * innocent_rate)))
     pooled = _pooled(z_best, best, z_of, train_emb, candidates, cohort.far_1e4)
-    return pooled >= threshold, best, pooled, threshold
+    flag = pooled >= threshold
+    image = np.zeros(n, np.int64)
+    for s in _chunks(n, 2048):
+        image[s] = cohort.closest_image(train_emb[s], best[s])
+    return flag, image, pooled, threshold
 
 
 def _eval_people(people: np.ndarray) -> np.ndarray:
@@ -300,7 +391,8 @@ def check_leaks(train: GuardSide, evald: GuardSide, settings: LeakGuardSettings,
     hit, match, score, threshold = same_person(_unit(train.embeddings), cohort, settings.innocent_rate)
     for i in np.flatnonzero(hit):
         flag(int(i), int(match[i]), "same_person", float(score[i]))
-    checked["same_person"] = (f"S-normalised teacher scores pooled over training neighbours at cosine >= "
+    checked["same_person"] = (f"S-normalised teacher scores against each evaluation person's template, pooled "
+                              f"over training neighbours at cosine >= "
                               f"{cohort.far_1e4:.3f} (FAR 1e-4 on the evaluation impostors); flagged above the "
                               f"{1 - settings.innocent_rate:.3g} quantile of the evaluation images' own best score "
                               f"against other evaluation people")
