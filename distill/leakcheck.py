@@ -129,7 +129,7 @@ def guard_training_set(cfg: Config, teacher: Any, train: TrainData, evald: EvalD
             log("leak guard: the run's student protocols have no evaluation images: nothing to check")
             return GuardOutcome(views, source, {"policy": policy, "checked": False,
                                                 "reason": "no evaluation images in the student protocols"})
-        emb, how = _train_embeddings(cfg, teacher, train, source)
+        emb, how = _train_embeddings(cfg, teacher, train, source, views.clean_view0)
         side_t = train_side(train, emb)
         result = check_leaks(side_t, side_e, cfg.data.leak_guard, policy=policy, log=log)
         log(result.summary())
@@ -168,13 +168,16 @@ def guard_training_set(cfg: Config, teacher: Any, train: TrainData, evald: EvalD
                                   views.groups, views.shares), source, record, kept)
 
 
-def _train_embeddings(cfg: Config, teacher: Any, train: TrainData, source: Any) -> tuple[np.ndarray | None, str]:
-    """The training faces' teacher embeddings: the cache's view means, else one clean pass."""
+def _train_embeddings(cfg: Config, teacher: Any, train: TrainData, source: Any, clean_view0: bool
+                      ) -> tuple[np.ndarray | None, str]:
+    """The training faces' teacher embeddings: the cache's clean view 0 (``data.augment.clean_view0``) or its
+    view means, else one clean pass."""
     if source is not None and hasattr(source, "mean_embeddings"):
-        mean = source.mean_embeddings()
-        out = np.zeros((len(train.rel_paths), mean.shape[1]), np.float32)
-        out[source.face_index] = mean
-        return out, f"mean of the teacher cache's {source.num_views} views (no extra teacher pass)"
+        cached = source.view_embeddings(0) if clean_view0 else source.mean_embeddings()
+        out = np.zeros((len(train.rel_paths), cached.shape[1]), np.float32)
+        out[source.face_index] = cached
+        return out, ("the teacher cache's clean view 0 (no extra teacher pass)" if clean_view0 else
+                     f"mean of the teacher cache's {source.num_views} views (no extra teacher pass)")
     if not getattr(teacher, "can_embed", True):
         lookup = teacher.lookup(list(train.rel_paths))
         return np.asarray(lookup, np.float32), "the precomputed teacher's embeddings"

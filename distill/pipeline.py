@@ -96,9 +96,11 @@ def _teacher_source(teacher: Any, views: FaceViews, train: TrainData, cfg: Confi
 
 
 def _views(train: TrainData, cfg: Config, clean: bool = False) -> FaceViews:
-    """The training views: seeded augmentation, two-face mixes when the config asks for them, and each
-    source's share of an epoch (``data.sources``)."""
-    return FaceViews(train.faces, build_augmentation(cfg.data.augment), seed=cfg.seed, clean_view0=clean,
+    """The training views: seeded augmentation (view 0 the clean face with ``clean`` or
+    ``data.augment.clean_view0``), two-face mixes when the config asks for them, and each source's share of an
+    epoch (``data.sources``)."""
+    return FaceViews(train.faces, build_augmentation(cfg.data.augment), seed=cfg.seed,
+                     clean_view0=clean or cfg.data.augment.clean_view0,
                      mix=build_mix(cfg.data.augment), groups=train.groups, shares=train.shares)
 
 

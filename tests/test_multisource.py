@@ -147,6 +147,42 @@ def test_views_and_their_teacher_cache_narrow_to_the_faces_a_guard_kept(tmp_path
         FaceViews(faces, jitter, mix=Mix(mixup=0.5)).subset(kept)
 
 
+def test_a_clean_view0_cache_gives_the_guard_the_clean_faces_embeddings(tmp_path):
+    """data.augment.clean_view0: view 0 is the face itself, so the cache's view 0 is the teacher's embedding of
+    the clean face, which the leak guard reads instead of the mean over the augmented views."""
+    import torch
+
+    from distill.data.sources import TrainData
+    from distill.data.views import FaceViews
+    from distill.leakcheck import _train_embeddings
+    from distill.preprocess import Preprocessing
+    from distill.train import build_teacher_cache
+    from teachers import CallableTeacher
+
+    faces = np.random.default_rng(1).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)
+    jitter = lambda f, s: np.clip(f.astype(int) + 5 + s % 7, 0, 255).astype(np.uint8)  # noqa: E731
+    teacher = CallableTeacher(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), name="pool",
+                              preprocessing=Preprocessing(16), embedding_dim=12, normalized=False)
+    clean = teacher.embed(torch.from_numpy(faces)).numpy()
+    cfg = load_config(None, [])
+    train = TrainData(images=None, faces=faces, labels=np.zeros(6, np.int64), rel_paths=[f"f{i}.jpg" for i in range(6)])
+    for flag, want_clean in ((True, True), (False, False)):
+        views = FaceViews(faces, jitter, seed=3, clean_view0=flag)
+        cache = build_teacher_cache(teacher, views, 3, tmp_path / str(flag), log=lambda _m: None)
+        emb, how = _train_embeddings(cfg, teacher, train, cache, views.clean_view0)
+        assert np.allclose(emb, clean, atol=1e-2) == want_clean, how
+        assert ("clean view 0" in how) == want_clean
+    with pytest.raises(IndexError, match="not cached"):
+        cache.view_embeddings(3)
+
+    # the key of a cache made before the option existed stays valid: the augmentation's description ignores it
+    from distill.config import AugmentSettings
+    from distill.data.augment import build_augmentation
+
+    plain, clean0 = build_augmentation(AugmentSettings()), build_augmentation(AugmentSettings(clean_view0=True))
+    assert plain.description == clean0.description and "clean_view0" not in plain.description
+
+
 def test_a_run_that_adds_a_source_reuses_the_first_sources_teacher_cache(tmp_path):
     import torch
 

@@ -82,7 +82,8 @@ def build_augmentation(settings: "AugmentSettings") -> Augment | None:
                                  hole_width_range=(0.1, 0.3), fill=0, p=s.cutout))
     if not t:
         return None
-    return Augment(t, {k: float(v) for k, v in s.model_dump().items()})
+    # the description keys teacher caches: only what draws pixels (clean_view0 is keyed by the views themselves)
+    return Augment(t, {k: float(v) for k, v in s.model_dump(exclude={"clean_view0"}).items()})
 
 
 def build_mix(settings: "AugmentSettings") -> "Mix | None":

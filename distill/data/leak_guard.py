@@ -218,10 +218,12 @@ class Cohort:
 
     @cached_property
     def mean(self) -> np.ndarray:
+        """Each template's cohort mean ``(P,)``: of its ``k`` best cosines to other people's images."""
         return self.best[:self.k].mean(0)
 
     @cached_property
     def std(self) -> np.ndarray:
+        """Each template's cohort deviation ``(P,)`` (at least 1e-6)."""
         return np.maximum(self.best[:self.k].std(0), 1e-6)
 
     def snorm(self, sim: np.ndarray, exclude: np.ndarray | None = None, mean: np.ndarray | None = None,

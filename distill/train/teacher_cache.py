@@ -173,6 +173,16 @@ class TeacherCache:
             out[a:a + chunk] = np.asarray(self.embeddings[a:a + chunk], dtype=np.float32).mean(1)
         return out
 
+    def view_embeddings(self, view: int, chunk: int = 4096) -> np.ndarray:
+        """Each face's teacher embedding of cached view ``view``: float32 ``(N, D)`` in ``face_index`` order (with
+        ``FaceViews(clean_view0=True)``, view 0 is the clean face: the leak guard's better descriptor)."""
+        if not 0 <= view < self.num_views:
+            raise IndexError(f"view {view} is not cached (views 0..{self.num_views - 1})")
+        out = np.zeros((len(self.face_index), self.dim), np.float32)
+        for a in range(0, len(out), chunk):
+            out[a:a + chunk] = np.asarray(self.embeddings[a:a + chunk, view], dtype=np.float32)
+        return out
+
     def matches(self, views: FaceViews) -> bool:
         """Whether the cache was built on exactly these views (same length and face indices; a shard: its
         positions' face indices; narrowed by :meth:`only`: the kept faces)."""
