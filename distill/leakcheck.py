@@ -135,6 +135,8 @@ def guard_training_set(cfg: Config, teacher: Any, train: TrainData, evald: EvalD
         log(result.summary())
         for f in result.flagged[:5]:
             log(f"  {f.evidence}: {side_t.names[f.train]} ~ {side_e.names[f.eval]} (score {f.score:.3g})")
+        if len(result.flagged) > 5:
+            log(f"  ... and {len(result.flagged) - 5} more (every one in {path or GUARD_FILE})")
         record = {**result.to_record(side_t, side_e), "train_embeddings": how, "fingerprint": fp,
                   "excluded_train": [side_t.names[i] for i in result.excluded]}
         if path is not None:

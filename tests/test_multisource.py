@@ -55,6 +55,10 @@ def test_every_entry_reports_its_own_problem_naming_the_entry(tmp_path):
                              f"{tmp_path}/gone, name: cams}}]"])
     problems = source_kind(cfg).problems(cfg)
     assert len(problems) == 2 and problems[0].startswith("data.sources[0] (absent)") and "data.sources[1] (cams)" in problems[1]
+    assert "data.root" not in " ".join(problems) and "data.sources[1].root" in problems[1]  # the entry's own key
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    cfg = load_config(None, [f"data.sources=[{{kind: unlabelled, root: {tmp_path}/a.jpg}}]"])
+    assert "is a file, not a folder" in source_kind(cfg).problems(cfg)[0]
 
 
 def test_an_unlabelled_folder_is_scanned_at_any_depth_and_ignores_litter(tmp_path):

@@ -207,6 +207,25 @@ def test_time_budget_stops_with_checkpoint_then_resumes(tmp_path: Path) -> None:
     assert res.stopped == "finished" and res.steps == 6
 
 
+def test_resume_refuses_a_checkpoint_trained_on_other_faces(tmp_path: Path) -> None:
+    """A run resumed after its training set changed (images added, or the leak guard excluding others) must
+    not continue the old checkpoint as if it had trained on these faces."""
+    from distill.config import ConfigError
+
+    faces = orl_faces(4, 4)
+    quiet = dict(progress=False, log=lambda m: None)
+    loss = lambda: DistillLoss(student_dim=16, teacher_dim=32)  # noqa: E731
+    fit(tiny_student(), Preprocessing(48), tiny_teacher(), FaceViews(faces, seed=0), loss(),
+        settings(epochs=3, max_minutes=1e-6), tmp_path, **quiet)
+    fewer = FaceViews(faces, seed=0, indices=np.arange(len(faces) - 1))
+    with pytest.raises(ConfigError, match="another set of training faces"):
+        fit(tiny_student(), Preprocessing(48), tiny_teacher(), fewer, loss(), settings(epochs=3), tmp_path,
+            resume=True, **quiet)
+    res = fit(tiny_student(), Preprocessing(48), tiny_teacher(), FaceViews(faces, seed=0), loss(),
+              settings(epochs=3), tmp_path, resume=True, **quiet)   # the same faces: resumes
+    assert res.stopped == "finished"
+
+
 @pytest.mark.parametrize("precision,channels_last,optimizer", [("bf16", True, "adamw"), ("fp32", True, "sgd")])
 def test_precision_layout_optimizer_variants(tmp_path: Path, precision: str, channels_last: bool,
                                              optimizer: str) -> None:

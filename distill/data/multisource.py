@@ -96,8 +96,9 @@ class SourceList(SourceKind):
 
     def problems(self, cfg: Config) -> list[str]:
         """Every entry's problems, each naming its entry."""
-        return [f"data.sources[{i}] ({name}): {p}" for i, (name, _, sub, kind) in enumerate(self.entries)
-                for p in kind.problems(sub)]
+        # each entry is checked as a one-source config: its data.root is this entry's root
+        return [f"data.sources[{i}] ({name}): {p.replace('data.root', f'data.sources[{i}].root')}"
+                for i, (name, _, sub, kind) in enumerate(self.entries) for p in kind.problems(sub)]
 
     def resolve(self, cfg: Config, log: Log) -> Sources:
         """Each entry's images; evaluation from eval.pairs (else the first entry's own protocol, e.g. the

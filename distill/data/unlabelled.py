@@ -77,7 +77,8 @@ class UnlabelledSource(SourceKind):
         if root is None:
             return ["an unlabelled source needs its folder (data.root or data.sources[].root)"]
         if not root.is_dir():
-            return [f"training faces: unlabelled folder {root} does not exist ({key_remedy(cfg, 'data.root')})"]
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            return [f"training faces: unlabelled folder {root} {what} ({key_remedy(cfg, 'data.root')})"]
         return []
 
     def resolve(self, cfg: Config, log: Log) -> Sources:
@@ -93,7 +94,7 @@ class UnlabelledSource(SourceKind):
         log(f"unlabelled images: {len(images)} under {sources.root}"
             + (f" ({len(images.skipped)} files skipped: see data_record.json)" if images.skipped else ""))
         aligned = align(cfg, sources.root, images, template, log, aligned=cfg.data.aligned)
-        record = {"split": {"identity_disjoint": "unlabelled: checked by the leak guard, not by names"},
+        record = {"split": {"identity_disjoint": "unlabelled: no names to split by (training only)"},
                   "train_images": len(images), "train_identities": None, "aligned_train_faces": len(aligned),
                   "alignment": aligned.record.to_dict(), "skipped_while_scanning": [list(s) for s in images.skipped]}
         if run_dir is not None:

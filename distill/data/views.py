@@ -106,6 +106,13 @@ class FaceViews(Dataset):
             return face
         return self.augment(face, view_seed(self.seed, int(index), int(view_id)))
 
+    def identity(self) -> str:
+        """A digest of which faces these views draw from (their count and ``indices``): a checkpoint records it
+        so that a resumed run refuses another training set."""
+        h = hashlib.blake2b(f"{len(self.faces)}:{self.faces.shape[1:]}:".encode(), digest_size=8)
+        h.update(np.ascontiguousarray(self.indices, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
     def view(self, index: int, view_id: int) -> np.ndarray:
         """View ``view_id`` of face ``index`` (an index into ``faces``, not into ``indices``): uint8 ``(S, S, 3)``."""
         face = self._augmented(index, view_id)

@@ -91,6 +91,8 @@ class Run:
         self.source = as_source(teacher_source)
         if hasattr(self.source, "to"):
             self.source.to(self.device)
+        #: which faces this run trains on (a resumed checkpoint must have trained on the same ones)
+        self.train_faces = views.identity()
         if hasattr(self.source, "matches") and not self.source.matches(views):
             raise ValueError("the teacher cache was built on different views (length/indices differ); "
                              "build it with the same FaceViews you train on")

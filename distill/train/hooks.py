@@ -358,6 +358,13 @@ class Checkpointer(Hook):
                 self.log(f"resume requested but {self.path} does not exist; starting from scratch")
             return
         state = load_checkpoint(self.path)
+        if state.get("train_faces", run.train_faces) != run.train_faces:
+            from distill.config import ConfigError
+
+            raise ConfigError(f"--resume: {self.path} was trained on another set of training faces than this run "
+                              f"has now (images were added, removed or excluded differently since, e.g. by the "
+                              f"leak guard). A checkpoint cannot continue on other data: start a new run (another "
+                              f"--out, or --overwrite), or restore the training folders as they were")
         run.student.load_state_dict(state["student"])
         run.loss.load_state_dict(state["loss"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -396,6 +403,7 @@ class Checkpointer(Hook):
                 "epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "total_steps": s.total_steps,
                 "nonfinite_skipped": s.skipped, "elapsed_s": s.elapsed(), "best_value": s.best_value,
                 "evals": s.evals, "rng": states, "config": run.config, "world_size": run.env.world_size,
+                "train_faces": run.train_faces,
                 "extra": {k: f() for k, f in run.extra_state_providers.items()}})
 
 
