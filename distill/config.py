@@ -507,6 +507,8 @@ def _format_error(err: dict[str, Any], source: str) -> str:
     else:
         if err["type"] in ("bad_loss_weight", "bad_loss_option"):
             return f"{source}: {err['msg']}."
+        if isinstance(err.get("input"), dict):  # a whole section's rule (e.g. two ways to name a source): no dump
+            return f"{source}: '{path}': {err['msg'].removeprefix('Value error, ')}."
         return f"{source}: '{path}' = {err.get('input')!r}: {err['msg']}."
     close = difflib.get_close_matches(loc[-1], valid, n=1)
     hint = f" Did you mean '{'.'.join(loc[:-1] + (close[0],))}'?" if close else ""

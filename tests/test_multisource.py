@@ -27,8 +27,9 @@ def test_a_list_of_sources_validates_each_entry_and_refuses_a_second_way_to_name
                              f"{tmp_path / 'photos'}, share: 0.25, max_images: 10}}]"])
     assert [s.kind for s in cfg.data.source_list()] == ["folder", "unlabelled"]
     assert cfg.data.source_name(cfg.data.sources[1]) == "photos"
-    with pytest.raises(ConfigError, match="data.root would name another"):
+    with pytest.raises(ConfigError, match="data.root would name another") as err:
         load_config(None, ["data.root=/x", f"data.sources=[{{kind: folder, root: {tmp_path}}}]"])
+    assert "align_backend" not in str(err.value)  # the rule's sentence, not a dump of the whole data section
     with pytest.raises(ConfigError, match="Did you mean 'data.sources.0.root'"):
         load_config(None, [f"data.sources=[{{kind: folder, roots: {tmp_path}}}]"])
     with pytest.raises(ConfigError, match="add up to more than 1"):
