@@ -298,7 +298,7 @@ def _impostor_cosines(emb: np.ndarray, people: np.ndarray) -> tuple[float, float
         sim = emb[s] @ emb.T
         sim[people[s, None] == people[None, :]] = -np.inf
         tail.append(np.sort(sim, axis=1)[:, -max(1, k // 10):].ravel())
-    n_imp = int((people[:, None] != people[None, :]).sum())
+    n_imp = len(people) ** 2 - int((np.bincount(people).astype(np.int64) ** 2).sum())  # ordered impostor pairs
     pooled = np.sort(np.concatenate(tail))[::-1]
     pooled = pooled[np.isfinite(pooled)] if np.isfinite(pooled).any() else np.ones(1, np.float32)
     # each pair appears twice (both directions): the (rate * n_imp)-th best pair is at twice that rank
