@@ -36,6 +36,7 @@ from distill.evaluation import (DEFAULT_FARS, ModelResult, compare_runs, evaluat
                                 measure_cost, summary_table, write_reports)
 from distill.evaluation.evaluate import evaluate_model, train_fidelity
 from distill.io import atomic_write_json
+from distill.data.leak_guard import Rows
 from distill.leakcheck import annotate_split, guard_summary, guard_training_set, needs_guard_first
 from distill.models import STUDENT_FILE, StudentSpec, display_name, load_embedder, onnx_cost, output_contract, \
     save_student, warm_start
@@ -229,7 +230,9 @@ def distill_pair(teacher: Any, student: nn.Module, cfg: Config, *, spec: Student
         results.append(t_res)
     head = loss.export_head()
     trained_emb = ModuleEmbedder(trained, pre, name=name, normalized=normalized)
-    fid_train = train_fidelity(trained_emb, teacher, train.faces, sample=cfg.eval.train_fidelity_sample,
+    # the faces it trained on: not those the leak guard left out (evaluation people's photos)
+    fid_train = train_fidelity(trained_emb, teacher, Rows(train.faces, views.indices),
+                               sample=cfg.eval.train_fidelity_sample,
                                seed=cfg.seed, project=_projector(head), batch_size=cfg.eval.batch_size)
     s_res, _ = _evaluate(name, "student", trained_emb,
                          measure_cost(trained, cfg.student.input_size, latency=cfg.eval.latency), evald, cfg,

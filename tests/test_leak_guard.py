@@ -132,10 +132,14 @@ def test_the_guard_excludes_and_records_evaluation_people_and_copies_and_a_resum
     from distill import pipeline
 
     tree, leaked, copied, recoded = leaky_tree
-    cfg = _config(tree, lfw_root, devtest_aligned, tmp_path / "run")
+    cfg = _config(tree, lfw_root, devtest_aligned, tmp_path / "run", ["eval.train_fidelity_sample=1000"])
     logs: list[str] = []
     pipeline.run(cfg, log=logs.append)
     guard = json.loads((tmp_path / "run" / "leak_guard.json").read_text())
+    # the training-face fidelity is measured on the faces it trained on, never on those the guard left out
+    student = [m for m in json.loads((tmp_path / "run" / "report.json").read_text())["models"]
+               if m["role"] == "student"][0]
+    assert student["extra"]["fidelity_train"]["sample"] == guard["train_images"] - guard["excluded"]
     by_train = {r["train"]: r for r in guard["flagged"]}
     assert by_train[f"labelled:Aaron_Eckhart/copy_of_eval.jpg"]["evidence"] == "identical"
     assert by_train[f"labelled:Aaron_Eckhart/copy_of_eval.jpg"]["eval"] == copied
